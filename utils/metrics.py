@@ -1,0 +1,110 @@
+"""PSNR and SSIM as in the paper's test protocol (ARCHITECTURE.md section 5).
+
+Y channel of BT.601 YCbCr: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 on uint8 RGB.
+SSIM: Gaussian window sigma 1.5 truncated to 11x11, K1 0.01, K2 0.03, population covariance,
+mean over the SSIM map after dropping the 5-pixel border the window does not cover (the
+definition of ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False)``).
+"""
+import math
+
+import cv2
+import numpy as np
+
+Y_CONVENTIONS = ("truncate", "round", "float")
+
+# Y * 255000 = 65481 R + 128553 G + 24966 B + 16 * 255000, exactly, in integers: the float
+# formula lands a hair below an integer for a few colours (24 of 2^24 when truncating),
+# so the quantised Y is computed from the exact numerator.
+_Y_WEIGHTS = np.array([65481, 128553, 24966], dtype=np.int32)
+_Y_OFFSET = 16 * 255000
+_Y_DENOM = 255000
+
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5), as scipy.ndimage truncates the Gaussian: an 11x11 window
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def rgb_to_y(img, convention="truncate"):
+    """RGB uint8 (..., 3) -> Y float64 (...).
+
+    ``truncate`` floors Y to an integer (the SPARNet lineage behind Table 1), ``round`` rounds
+    half up (MATLAB, BasicSR), ``float`` keeps the unquantised value.
+    """
+    if convention not in Y_CONVENTIONS:
+        raise ValueError(f"unknown Y convention {convention!r}; use one of {', '.join(Y_CONVENTIONS)}")
+    if img.dtype != np.uint8 or img.shape[-1] != 3:
+        raise ValueError(f"expected RGB uint8 (..., 3), got {img.dtype} {img.shape}")
+    numer = img.astype(np.int32) @ _Y_WEIGHTS + _Y_OFFSET
+    if convention == "truncate":
+        return (numer // _Y_DENOM).astype(np.float64)
+    if convention == "round":
+        return ((numer + _Y_DENOM // 2) // _Y_DENOM).astype(np.float64)
+    return numer / _Y_DENOM
+
+
+def psnr(a, b, data_range=255.0):
+    """PSNR in dB between two arrays of the same shape (all elements pooled); inf if equal."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mse = float(np.mean(diff * diff))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(data_range * data_range / mse)
+
+
+def _gaussian_taps():
+    x = np.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
+    return taps / taps.sum()
+
+
+_TAPS = _gaussian_taps()
+
+
+def ssim(a, b, data_range=255.0):
+    """Mean SSIM of two 2-D float64 arrays (H, W), both at least 11x11.
+
+    The five local moments are filtered in one separable pass over a (H, W, 5) stack; the
+    border handling of the filter does not matter because the 5-pixel rim is cropped.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"ssim expects two 2-D arrays of one shape, got {a.shape} and {b.shape}")
+    win = 2 * SSIM_RADIUS + 1
+    if min(a.shape) < win:
+        raise ValueError(f"SSIM needs images of at least {win}x{win} pixels, got {a.shape[1]}x{a.shape[0]}")
+    stack = np.stack([a, b, a * a, b * b, a * b], axis=-1)
+    moments = cv2.sepFilter2D(stack, cv2.CV_64F, _TAPS, _TAPS, borderType=cv2.BORDER_REFLECT)
+    r = SSIM_RADIUS
+    mu_a, mu_b, e_aa, e_bb, e_ab = np.moveaxis(moments[r:-r, r:-r], -1, 0)
+    var_a = e_aa - mu_a * mu_a
+    var_b = e_bb - mu_b * mu_b
+    cov = e_ab - mu_a * mu_b
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+    return float(np.mean(num / den))
+
+
+def evaluate_pair(gt, sr, convention="truncate", crop_border=0, rgb=False):
+    """(PSNR, SSIM) of two RGB uint8 images (H, W, 3) of one size.
+
+    Y channel by default (``convention`` as in ``rgb_to_y``); ``rgb=True`` pools the three
+    channels for PSNR and averages per-channel SSIM. ``crop_border`` pixels are dropped on
+    each side first.
+    """
+    if gt.shape != sr.shape:
+        raise ValueError(f"image sizes differ: {gt.shape} vs {sr.shape}")
+    if crop_border:
+        c = crop_border
+        if min(gt.shape[:2]) <= 2 * c:
+            raise ValueError(f"crop_border {c} leaves nothing of a {gt.shape[1]}x{gt.shape[0]} image")
+        gt, sr = gt[c:-c, c:-c], sr[c:-c, c:-c]
+    if rgb:
+        gt64, sr64 = gt.astype(np.float64), sr.astype(np.float64)
+        s = float(np.mean([ssim(gt64[..., ch], sr64[..., ch]) for ch in range(3)]))
+        return psnr(gt64, sr64), s
+    gy, sy = rgb_to_y(gt, convention), rgb_to_y(sr, convention)
+    return psnr(gy, sy), ssim(gy, sy)
