@@ -1,0 +1,74 @@
+"""Make LR test folders from an HR folder: PIL bicubic down by the scale factor (PNG), and
+optionally the bicubic baseline (that LR bicubic-upsampled back to the HR size).
+
+    python -m data.make_lr HR_DIR --lr_dir OUT_LR [--lr_up_dir OUT_UP] [--scale 8]
+
+Outputs are named ``<stem>.png`` after the HR files (the folder's images, not recursive).
+"""
+import argparse
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from data.degradation import bicubic_degrade_array
+from utils.errors import UserError, run_cli
+from utils.image_io import index_by_stem, read_rgb, write_rgb
+
+
+def check_divisible(path, size, scale):
+    """``size = (w, h)`` of the HR file ``path`` must be a multiple of ``scale`` on both sides."""
+    w, h = size
+    if w % scale or h % scale:
+        raise UserError(f"{path}: {w}x{h} is not divisible by the scale {scale}; "
+                        f"crop the HR images to a multiple of {scale} first")
+
+
+def write_lr_files(hr, stem, lr_dir, up_dir, scale):
+    """Write ``lr_dir/<stem>.png`` (H/s, W/s) and, if ``up_dir``, ``up_dir/<stem>.png`` (H, W)
+    made from the HR RGB uint8 array ``hr`` (H, W, 3)."""
+    lr_small, lr_up = bicubic_degrade_array(hr, scale)
+    write_rgb(Path(lr_dir) / f"{stem}.png", lr_small)
+    if up_dir is not None:
+        write_rgb(Path(up_dir) / f"{stem}.png", lr_up)
+
+
+def header_size(path):
+    """(w, h) from the file header; an unreadable file gets ``read_rgb``'s one-line error."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:
+        read_rgb(path)
+        raise UserError(f"{path}: not a readable image; re-export or remove it") from None
+
+
+def make_lr(hr_dir, lr_dir, up_dir=None, scale=8):
+    """LR (and bicubic-upsampled) PNGs for every image of ``hr_dir``; returns how many."""
+    index = index_by_stem(hr_dir)
+    for out in (lr_dir, up_dir):
+        if out is not None and Path(out).resolve() == Path(hr_dir).resolve():
+            raise UserError(f"{out}: output folder is the HR folder; choose another so HR files are not overwritten")
+    for path in index.values():
+        check_divisible(path, header_size(path), scale)
+    for stem, path in tqdm(sorted(index.items()), desc="make_lr", unit="img"):
+        write_lr_files(read_rgb(path), stem, lr_dir, up_dir, scale)
+    return len(index)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("hr_dir", help="folder of HR images")
+    parser.add_argument("--lr_dir", required=True, help="output folder for the downscaled LR PNGs")
+    parser.add_argument("--lr_up_dir", default=None, help="output folder for the bicubic-upsampled LR (the bicubic baseline)")
+    parser.add_argument("--scale", type=int, default=8, help="downscaling factor (default 8: 128x128 -> 16x16)")
+    args = parser.parse_args(argv)
+    if args.scale < 1:
+        raise UserError(f"--scale {args.scale}: must be a positive integer")
+    count = make_lr(args.hr_dir, args.lr_dir, args.lr_up_dir, args.scale)
+    outputs = args.lr_dir + (f" and {args.lr_up_dir}" if args.lr_up_dir else "")
+    print(f"wrote {count} image(s) to {outputs}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
