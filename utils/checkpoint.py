@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from utils.distributed import unwrap
 from utils.errors import UserError
 
 MODULE_PREFIX = "module."
@@ -125,8 +126,7 @@ def load_weights(model, path, prefer_ema=True):
     state, which = select_weights(ckpt, prefer_ema)
     if state is None:
         raise UserError(f"{path}: holds neither a training checkpoint (key 'model') nor a state_dict of tensors")
-    target = model.module if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) \
-        else model
+    target = unwrap(model)
     expected = target.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
