@@ -7,20 +7,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data.augmentation import random_flip_scale
-from data.degradation import bicubic_degrade, resize_bicubic
+from data.degradation import bicubic_degrade, center_square, resize_bicubic
 from utils.errors import UserError
 from utils.image_io import list_images, read_rgb
 from utils.image_tensor import to_tensor
 
 log = logging.getLogger("hybrimamba")
-
-
-def center_square(img):
-    """Largest centred square of a PIL image (W, H) -> (min, min)."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return img.crop((left, top, left + side, top + side))
 
 
 def hr_folder(root):

@@ -1,4 +1,5 @@
-"""The paper's degradation: PIL bicubic down by the scale factor, then PIL bicubic back up.
+"""The paper's degradation (PIL bicubic down by the scale factor, then PIL bicubic back up) and
+the PIL geometry it relies on.
 
 All resampling in the data pipeline goes through ``resize_bicubic`` so that training,
 validation, test LR folders and the bicubic baseline use one and the same filter.
@@ -13,6 +14,14 @@ def resize_bicubic(img, size):
     if img.size == size:
         return img.copy()
     return img.resize(size, Image.BICUBIC)
+
+
+def center_square(img):
+    """Largest centred square of a PIL image (W, H) -> (min(W, H), min(W, H))."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side))
 
 
 def bicubic_degrade(hr, scale_factor):

@@ -32,8 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.celeba_dataset import center_square
-from data.degradation import resize_bicubic
+from data.degradation import center_square, resize_bicubic
 from data.make_lr import write_lr_files
 from utils.errors import UserError, run_cli
 from utils.image_io import index_by_stem, read_rgb, write_rgb
