@@ -1,0 +1,156 @@
+"""Evaluate an SR folder against a ground-truth folder: pairing, parallel metrics, CSV.
+
+Shared by psnr_ssim.py, calc_lpips.py, test.py --hr_dir and ``python -m utils.results_table``.
+Pairs are read and scored by a thread pool (OpenCV decoding and filtering release the GIL);
+LPIPS runs batched in the calling thread on images of equal size.
+"""
+import csv
+import math
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.errors import UserError
+from utils.image_io import pair_by_stem, read_rgb
+from utils.metrics import SSIM_RADIUS, evaluate_pair
+
+CSV_FIELDS = ("name", "gt", "sr", "psnr", "ssim", "lpips")
+
+
+def default_workers():
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _ordered_map(fn, items, workers):
+    """``map(fn, items)`` on a thread pool, in order, with a bounded number of pending results."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    items = iter(items)
+    window = 4 * workers
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def _pair_scorer(psnr_ssim, keep_pixels, convention, crop_border, rgb):
+    """A function (stem, gt_path, sr_path) -> (row, (gt, sr) arrays or None), raising ``UserError``s."""
+    min_side = 2 * SSIM_RADIUS + 1 + 2 * crop_border
+
+    def score(pair):
+        stem, gt_path, sr_path = pair
+        gt, sr = read_rgb(gt_path), read_rgb(sr_path)
+        if gt.shape != sr.shape:
+            raise UserError(f"size mismatch for '{stem}': {gt_path} is {gt.shape[1]}x{gt.shape[0]}, "
+                            f"{sr_path} is {sr.shape[1]}x{sr.shape[0]}; compare images of the same size")
+        row = {"name": stem, "gt": Path(gt_path).name, "sr": Path(sr_path).name}
+        if psnr_ssim:
+            if min(gt.shape[:2]) < min_side:
+                raise UserError(f"{gt_path}: {gt.shape[1]}x{gt.shape[0]} is too small for the 11x11 SSIM window "
+                                f"after crop_border {crop_border}; use larger images or a smaller --crop_border")
+            row["psnr"], row["ssim"] = evaluate_pair(gt, sr, convention, crop_border, rgb)
+        return row, ((gt, sr) if keep_pixels else None)
+
+    return score
+
+
+def _mean(rows, key):
+    return float(np.mean([r[key] for r in rows])) if rows and key in rows[0] else None
+
+
+def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention="truncate", crop_border=0, rgb=False,
+                     lpips_model=None, lpips_batch_size=16, allow_missing=False, workers=None, progress=True):
+    """Score every SR image against the GT image of the same file stem.
+
+    Returns ``(rows, summary)``: rows are dicts ``name, gt, sr`` plus ``psnr, ssim`` (when
+    ``psnr_ssim``) and ``lpips`` (when an ``lpips_model`` from ``build_lpips`` is given);
+    summary holds the means, the pair count, the skipped unpaired count and the settings.
+    Unpaired files, unreadable files and size mismatches raise ``UserError`` naming them.
+    """
+    if crop_border < 0:
+        raise UserError(f"--crop_border {crop_border} must be >= 0")
+    if lpips_batch_size < 1:
+        raise UserError(f"--batch_size {lpips_batch_size} must be >= 1")
+    pairs, missing = pair_by_stem(gt_dir, sr_dir, allow_missing=allow_missing)
+    score = _pair_scorer(psnr_ssim, lpips_model is not None, convention, crop_border, rgb)
+    rows, batch = [], []
+
+    if lpips_model is not None:
+        # deferred so that PSNR/SSIM alone never pays for importing torch
+        from utils.lpips_metric import lpips_distance_uint8
+
+    def flush():
+        dist = lpips_distance_uint8(lpips_model, [g for _, g, _ in batch], [s for _, _, s in batch])
+        for (row, _, _), d in zip(batch, dist):
+            row["lpips"] = d
+        batch.clear()
+
+    results = _ordered_map(score, pairs, workers or default_workers())
+    for row, pixels in tqdm(results, total=len(pairs), desc=f"evaluating {Path(sr_dir).name}",
+                            unit="img", disable=not progress, leave=False):
+        rows.append(row)
+        if pixels is None:
+            continue
+        if batch and (batch[0][1].shape != pixels[0].shape or len(batch) >= lpips_batch_size):
+            flush()
+        batch.append((row, *pixels))
+    if batch:
+        flush()
+    summary = {
+        "gt_dir": str(gt_dir), "sr_dir": str(sr_dir), "count": len(rows), "skipped_unpaired": len(missing),
+        "psnr": _mean(rows, "psnr"), "ssim": _mean(rows, "ssim"), "lpips": _mean(rows, "lpips"),
+        "channel": ("RGB" if rgb else "Y") if psnr_ssim else None,
+        "y_convention": convention if psnr_ssim and not rgb else None,
+        "crop_border": crop_border if psnr_ssim else None,
+        "lpips_net": lpips_model.pnet_type if lpips_model is not None else None,
+    }
+    return rows, summary
+
+
+_CONVENTION_WORDS = {
+    "truncate": "BT.601 Y truncated to uint8 (the Table 1 lineage)",
+    "round": "BT.601 Y rounded to uint8 (MATLAB/BasicSR)",
+    "float": "BT.601 Y unquantised",
+}
+
+
+def summary_lines(summary):
+    """Human-readable lines for a summary from ``evaluate_folders``."""
+    skipped = summary["skipped_unpaired"]
+    lines = [f"pairs: {summary['count']} ({summary['gt_dir']} vs {summary['sr_dir']})"
+             + (f"; {skipped} unpaired file(s) skipped" if skipped else "")]
+    if summary["psnr"] is not None:
+        channel = "RGB channels" if summary["channel"] == "RGB" else _CONVENTION_WORDS[summary["y_convention"]]
+        lines.append(f"convention: {channel}, crop_border {summary['crop_border']}, "
+                     "SSIM Gaussian 11x11 sigma 1.5, K1 0.01, K2 0.03, population covariance")
+        psnr = summary["psnr"]
+        lines.append(f"PSNR: {psnr:.4f} dB" + (" (some pairs are identical)" if math.isinf(psnr) else ""))
+        lines.append(f"SSIM: {summary['ssim']:.4f}")
+    if summary["lpips"] is not None:
+        lines.append(f"LPIPS ({summary['lpips_net']}): {summary['lpips']:.4f}")
+    return lines
+
+
+def write_csv(path, rows):
+    """Per-image results as CSV with columns name, gt, sr and the metrics present."""
+    path = Path(path)
+    fields = [f for f in CSV_FIELDS if rows and f in rows[0]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (repr(float(row[k])) if k in ("psnr", "ssim", "lpips") else row[k]) for k in fields})
