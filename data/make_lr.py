@@ -33,14 +33,14 @@ def write_lr_files(hr, stem, lr_dir, up_dir, scale):
         write_rgb(Path(up_dir) / f"{stem}.png", lr_up)
 
 
-def header_size(path):
-    """(w, h) from the file header; an unreadable file gets ``read_rgb``'s one-line error."""
+def image_size(path):
+    """(w, h) from the file header, or by decoding when PIL cannot parse it (``read_rgb``'s errors)."""
     try:
         with Image.open(path) as img:
             return img.size
     except Exception:
-        read_rgb(path)
-        raise UserError(f"{path}: not a readable image; re-export or remove it") from None
+        h, w = read_rgb(path).shape[:2]
+        return w, h
 
 
 def make_lr(hr_dir, lr_dir, up_dir=None, scale=8):
@@ -50,7 +50,7 @@ def make_lr(hr_dir, lr_dir, up_dir=None, scale=8):
         if out is not None and Path(out).resolve() == Path(hr_dir).resolve():
             raise UserError(f"{out}: output folder is the HR folder; choose another so HR files are not overwritten")
     for path in index.values():
-        check_divisible(path, header_size(path), scale)
+        check_divisible(path, image_size(path), scale)
     for stem, path in tqdm(sorted(index.items()), desc="make_lr", unit="img"):
         write_lr_files(read_rgb(path), stem, lr_dir, up_dir, scale)
     return len(index)

@@ -109,6 +109,17 @@ def prepare_one(item, out, box, size, lr_scale, make_test_lr):
     return stem
 
 
+def check_no_foreign_outputs(hr_dir, stems):
+    """Refuse an output folder holding crops outside this selection (e.g. excluded test faces
+    left by an earlier run); re-running the same selection, e.g. after an interruption, is fine."""
+    if not hr_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in hr_dir.iterdir() if p.stem not in stems)
+    if foreign:
+        raise UserError(f"{hr_dir} already holds {len(foreign)} file(s) outside this selection "
+                        f"(e.g. {foreign[0]}); write to an empty --out folder")
+
+
 def run_parallel(func, items, workers, desc):
     """``func`` over ``items`` in ``workers`` processes (in-process for 1) with a tqdm bar."""
     with tqdm(total=len(items), desc=desc, unit="img") as bar:
@@ -157,10 +168,11 @@ def main(argv=None):
         if unlisted:
             print(f"note: {unlisted} image(s) of {args.src} are not in {args.partition} and were left out")
     out = Path(args.out)
+    check_no_foreign_outputs(out / "HR", {stem for stem, _ in items})
     job = functools.partial(prepare_one, out=out, box=box, size=args.size,
                             lr_scale=args.lr_scale, make_test_lr=args.make_test_lr)
     run_parallel(job, items, args.workers, desc="prepare_celeba")
-    excluded = len(set(index) & exclude)
+    excluded = len(select_ids(index, partition, args.split)) - len(items)
     print(f"wrote {len(items)} HR crop(s) to {out / 'HR'}"
           f"{' with LR/ and LR_bicubic/' if args.make_test_lr else ''} ({excluded} excluded)")
 

@@ -107,15 +107,20 @@ def test_flip_happens_sometimes_and_is_exact():
     assert any(outcomes) and not all(outcomes)
 
 
-def test_scale_is_a_resized_crop_of_the_right_window():
+def test_scale_is_a_resized_crop_at_random_positions():
     img = Image.fromarray(noise_image(64, 64, seed=3))
-    out = np.asarray(random_flip_scale(img, flip_prob=0.0, scale_range=(1.3, 1.3), rng=random.Random(7)))
     crop = round(64 / 1.3)
-    matches = [
-        (x, y) for y in range(64 - crop + 1) for x in range(64 - crop + 1)
-        if np.array_equal(out, np.asarray(img.crop((x, y, x + crop, y + crop)).resize((64, 64), Image.BICUBIC)))
-    ]
-    assert len(matches) == 1
+    windows = {
+        (x, y): np.asarray(img.crop((x, y, x + crop, y + crop)).resize((64, 64), Image.BICUBIC))
+        for y in range(64 - crop + 1) for x in range(64 - crop + 1)
+    }
+    found = set()
+    for seed in range(6):
+        out = np.asarray(random_flip_scale(img, flip_prob=0.0, scale_range=(1.3, 1.3), rng=random.Random(seed)))
+        matches = [xy for xy, window in windows.items() if np.array_equal(out, window)]
+        assert len(matches) == 1
+        found.add(matches[0])
+    assert len({x for x, _ in found}) > 1 and len({y for _, y in found}) > 1
 
 
 def test_dataloader_workers_are_reproducible(tmp_path):
@@ -237,6 +242,7 @@ def pil_crop(path):
 def test_prepare_celeba_crops_and_test_lr(celeba_dir, tmp_path, capsys):
     src, ids = real_faces(celeba_dir, tmp_path, 4)
     (tmp_path / "exclude.txt").write_text(f"{ids[0]}.jpg\n# a comment\n{ids[1]}\n")
+    (tmp_path / "part.txt").write_text("".join(f"{i}.jpg 2\n" for i in ids[:3]))
     prepare_celeba.main(["--src", str(src), "--out", str(tmp_path / "out"), "--exclude",
                          str(tmp_path / "exclude.txt"), "--make_test_lr", "--workers", "2"])
     out = tmp_path / "out"
@@ -251,6 +257,9 @@ def test_prepare_celeba_crops_and_test_lr(celeba_dir, tmp_path, capsys):
         up = Image.open(out / "LR_bicubic" / f"{stem}.png")
         assert np.array_equal(np.asarray(up), np.asarray(lr.resize((128, 128), Image.BICUBIC)))
     assert "wrote 2 HR crop(s)" in capsys.readouterr().out
+    with pytest.raises(UserError, match=f"1 file.*outside this selection.*{ids[3]}"):
+        prepare_celeba.main(["--src", str(src), "--out", str(out), "--exclude", str(tmp_path / "exclude.txt"),
+                             "--partition", str(tmp_path / "part.txt"), "--split", "test"])
 
 
 def test_prepare_celeba_partition(celeba_dir, tmp_path):
