@@ -35,7 +35,7 @@ from tqdm import tqdm
 from data.degradation import center_square, resize_bicubic
 from data.make_lr import write_lr_files
 from utils.errors import UserError, run_cli
-from utils.image_io import index_by_stem, read_rgb, write_rgb
+from utils.image_io import index_by_stem, is_image_file, read_rgb, write_rgb
 
 ALIGNED_SIZE = (178, 218)
 DEFAULT_BOX = (19, 63, 156, 200)
@@ -114,7 +114,7 @@ def check_no_foreign_outputs(hr_dir, stems):
     left by an earlier run); re-running the same selection, e.g. after an interruption, is fine."""
     if not hr_dir.is_dir():
         return
-    foreign = sorted(p.name for p in hr_dir.iterdir() if p.stem not in stems)
+    foreign = sorted(p.name for p in hr_dir.iterdir() if is_image_file(p) and p.stem not in stems)
     if foreign:
         raise UserError(f"{hr_dir} already holds {len(foreign)} file(s) outside this selection "
                         f"(e.g. {foreign[0]}); write to an empty --out folder")
