@@ -114,6 +114,26 @@ def _shown(keys):
     return ", ".join(keys[:SHOWN_KEYS]) + more
 
 
+def assign_weights(model, state, source, ckpt=None):
+    """Load ``state`` (a state_dict) into ``model`` strictly; a mismatch raises ``UserError``.
+
+    ``source`` names the file in the message; ``ckpt`` (the whole loaded checkpoint) lets the
+    message name the network options the weights were trained with.
+    """
+    target = unwrap(model)
+    expected = target.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label}: {_shown(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("shape (file vs network)", shapes)) if keys]
+        raise UserError(f"{source}: weights do not fit this network ({'; '.join(parts)})"
+                        f"{_network_config_hint(ckpt)}")
+    target.load_state_dict(state)
+
+
 def load_weights(model, path, prefer_ema=True):
     """Load network weights from ``path`` into ``model``; returns a one-line description.
 
@@ -126,16 +146,6 @@ def load_weights(model, path, prefer_ema=True):
     state, which = select_weights(ckpt, prefer_ema)
     if state is None:
         raise UserError(f"{path}: holds neither a training checkpoint (key 'model') nor a state_dict of tensors")
-    target = unwrap(model)
-    expected = target.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = [f"{label}: {_shown(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape (file vs network)", shapes)) if keys]
-        raise UserError(f"{path}: weights do not fit this network ({'; '.join(parts)}){_network_config_hint(ckpt)}")
-    target.load_state_dict(state)
+    assign_weights(model, state, path, ckpt)
     where = f" (iteration {int(ckpt['iteration'])})" if isinstance(ckpt, dict) and "iteration" in ckpt else ""
     return f"{which} weights from {path}{where}"

@@ -1,0 +1,377 @@
+"""The training loop (ARCHITECTURE.md §4): L1 loss, AdamW, MultiStepLR per epoch, checkpoints,
+exact resume, validation, logging; single device, DataParallel or DDP (see utils.distributed).
+
+Exact resume: a checkpoint stores the position as (epochs done, batches of the current epoch
+done) next to the optimizer, scheduler, scaler, EMA and every RNG state. The data order and
+the augmentation of each sample are functions of (seed, epoch, index) only
+(``utils.train_data``), so the resumed run skips the consumed batches of the epoch's order and
+continues with the very batches the uninterrupted run would have seen.
+"""
+import logging
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data import CelebADataset
+from models import HybriMamba
+from options.base_options import network_config
+from options.train_options import TrainOptions
+from utils.checkpoint import assign_weights, load_checkpoint, load_weights, save_checkpoint
+from utils.distributed import (all_gather_objects, broadcast_object, destroy_process_group, init_process_group, plan_devices, unwrap,
+                               wrap_model)
+from utils.ema import ModelEMA
+from utils.errors import UserError
+from utils.image_tensor import to_uint8
+from utils.metrics import evaluate_pair
+from utils.train_data import build_train_loader
+from utils.train_logging import TrainLogger
+
+log = logging.getLogger("hybrimamba")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Options whose change makes a resumed run differ from an uninterrupted one.
+RESUME_SENSITIVE = ("dataroot", "batch_size", "seed", "load_size", "scale_factor", "amp", "ema", "grad_clip",
+                    "lr", "beta1", "beta2", "weight_decay", "lr_milestones", "lr_gamma")
+
+
+class NonFiniteError(UserError):
+    """The loss or the weights became NaN/inf; the run stops without writing a checkpoint."""
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    """This process's RNG states as tensors and plain types (loadable with weights_only)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(mt), gauss],
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+
+def set_rng_state(state):
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def scheduler_state(scheduler):
+    """MultiStepLR's state with its milestone Counter as a plain dict (safe to load)."""
+    state = dict(scheduler.state_dict())
+    state["milestones"] = dict(state["milestones"])
+    return state
+
+
+def load_scheduler_state(scheduler, state):
+    scheduler.load_state_dict({**state, "milestones": Counter(state["milestones"])})
+
+
+def make_grad_scaler(enabled):
+    scaler_cls = getattr(torch.amp, "GradScaler", None)
+    return scaler_cls("cuda", enabled=enabled) if scaler_cls else torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def weights_finite(model):
+    return all(bool(torch.isfinite(p).all()) for p in unwrap(model).parameters())
+
+
+class Trainer:
+    """One training run described by ``opt`` (a TrainOptions namespace); ``fit()`` runs it."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.plan = plan_devices(opt.gpus)
+        init_process_group(self.plan)
+        self.device = self.plan.device
+        self.exp_dir = Path(opt.checkpoints_dir) / opt.name
+        self.ckpt_dir = Path(opt.ckpt_dir) / opt.name
+        self.logger = TrainLogger(self.exp_dir, enabled=self.plan.is_main)
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self):
+        opt, plan = self.opt, self.plan
+        if plan.is_main:
+            options = TrainOptions()
+            log.info(options.format(opt))
+            options.save(opt)
+            for line in plan.notices + options.notices(opt):
+                log.warning(f"notice: {line}")
+            log.info(f"device: {plan.describe()}")
+        if opt.amp == "fp16" and self.device.type != "cuda":
+            raise UserError("--amp fp16 needs CUDA (it relies on a GradScaler); use --amp bf16 on the CPU")
+        self.amp_dtype = AMP_DTYPES[opt.amp]
+
+        dataset = CelebADataset(opt.dataroot, load_size=opt.load_size, scale_factor=opt.scale_factor, augment=True,
+                                skip_bad=opt.skip_bad_images)
+        self.loader, self.sampler, self.iters_per_epoch = build_train_loader(
+            dataset, opt.batch_size, opt.num_threads, opt.seed, rank=plan.rank, world_size=plan.world_size,
+            pin_memory=self.device.type == "cuda")
+        self.val_loader = None
+        if opt.val_dataroot and plan.is_main:
+            val_set = CelebADataset(opt.val_dataroot, load_size=opt.load_size, scale_factor=opt.scale_factor,
+                                    augment=False, skip_bad=opt.skip_bad_images)
+            self.val_loader = DataLoader(val_set, batch_size=opt.batch_size, num_workers=opt.num_threads)
+
+        # Same initial weights on every rank; then one RNG stream per rank.
+        seed_everything(opt.seed)
+        net = HybriMamba(**network_config(opt), scan_backend=opt.scan_backend)
+        if opt.pretrain_model_path:
+            what = load_weights(net, opt.pretrain_model_path, prefer_ema=True)
+            if plan.is_main:
+                log.info(f"initialised from {what}")
+        seed_everything(opt.seed + plan.rank)
+        self.optimizer = torch.optim.AdamW(net.optimizer_param_groups(opt.weight_decay), lr=opt.lr,
+                                           betas=(opt.beta1, opt.beta2))
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=opt.lr_milestones,
+                                                              gamma=opt.lr_gamma)
+        self.scaler = make_grad_scaler(opt.amp == "fp16")
+        self.model = wrap_model(net, plan)
+        self.ema = ModelEMA(self.model, opt.ema) if opt.ema > 0 else None
+
+        self.epoch = 0             # epochs completed
+        self.batch_in_epoch = 0    # batches of the current epoch completed
+        self.iteration = 0
+        self.best = {}
+        self.last_saved = None     # (path, iteration) of the newest latest.pt
+        if opt.continue_train:
+            self._resume(self.ckpt_dir / "latest.pt")
+        if plan.is_main:
+            n_params = sum(p.numel() for p in net.parameters())
+            log.info(f"{len(dataset)} training images, {self.iters_per_epoch} iterations per epoch "
+                     f"(batch {opt.batch_size} x {plan.world_size} process(es)); network {n_params / 1e6:.3f} M "
+                     f"parameters; checkpoints in {self.ckpt_dir}")
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self):
+        """The full training state; collective under DDP (gathers every rank's RNG state)."""
+        state = {"model": unwrap(self.model).state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": scheduler_state(self.scheduler),
+                 "scaler": self.scaler.state_dict(),
+                 "epoch": self.epoch, "iteration": self.iteration, "batch_in_epoch": self.batch_in_epoch,
+                 "iters_per_epoch": self.iters_per_epoch, "world_size": self.plan.world_size,
+                 "best": dict(self.best),
+                 "rng": all_gather_objects(rng_state(), self.plan),
+                 "options": dict(vars(self.opt))}
+        if self.ema:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def save(self, *names):
+        """Write the state as <ckpt_dir>/<name>/<each of names>.pt (rank 0); all ranks must call it."""
+        if not weights_finite(self.model):
+            raise NonFiniteError(self._stop_message(f"non-finite weights after iteration {self.iteration}"))
+        state = self.state()
+        if not self.plan.is_main:
+            return
+        for name in names:
+            path = self.ckpt_dir / f"{name}.pt"
+            save_checkpoint(path, state)
+            if name == "latest":
+                self.last_saved = (path, self.iteration)
+
+    def _resume(self, path):
+        ckpt = load_checkpoint(path)
+        saved = ckpt.get("options", {})
+        assign_weights(self.model, ckpt["model"], path, ckpt)
+        if self.ema:
+            if "ema" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:
+                self.ema = ModelEMA(self.model, self.opt.ema)
+                log.warning(f"notice: {path} has no EMA weights; the EMA starts from the resumed weights")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_scheduler_state(self.scheduler, ckpt["scheduler"])
+        if self.scaler.is_enabled() and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
+        self.best = dict(ckpt.get("best", {}))
+        self.last_saved = (path, self.iteration)
+        changed = [f"--{k} {getattr(self.opt, k)} (was {saved[k]})" for k in RESUME_SENSITIVE
+                   if k in saved and saved[k] != getattr(self.opt, k)]
+        if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
+            changed.append(f"{self.iters_per_epoch} iterations per epoch (was {ckpt.get('iters_per_epoch')})")
+            self.batch_in_epoch = min(self.batch_in_epoch, self.iters_per_epoch - 1)
+        rngs = ckpt["rng"]
+        if len(rngs) != self.plan.world_size:
+            changed.append(f"{self.plan.world_size} process(es) (was {len(rngs)})")
+        set_rng_state(rngs[self.plan.rank % len(rngs)])
+        if self.plan.is_main:
+            log.info(f"resumed from {path}: iteration {self.iteration}, epoch {self.epoch + 1}, "
+                     f"batch {self.batch_in_epoch} of {self.iters_per_epoch}, lr {self.current_lr():.3g}")
+            if changed:
+                log.warning("notice: resuming with settings that differ from the checkpoint's (optimizer and "
+                            "schedule settings come from the checkpoint; the run will not match an uninterrupted "
+                            "one): " + ", ".join(changed))
+
+    # ----------------------------------------------------------------- training
+    def current_lr(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _stop_message(self, what):
+        if self.last_saved:
+            kept = f"the last good checkpoint {self.last_saved[0]} (iteration {self.last_saved[1]}) is kept"
+        else:
+            kept = "no checkpoint had been written yet"
+        return (f"{what} (epoch {self.epoch + 1}); stopped without saving, {kept}; lower --lr or set --grad_clip, "
+                f"then resume with --continue_train")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def train_step(self, batch):
+        """One optimisation step on ``batch``; returns (loss averaged over ranks, SR batch (B, 3, H, W))."""
+        lr_img = batch["LR"].to(self.device, non_blocking=True)
+        hr = batch["HR"].to(self.device, non_blocking=True)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            sr = self.model(lr_img)
+        loss = F.l1_loss(sr.float(), hr)
+        reported = loss.detach().clone()
+        if self.plan.distributed:
+            dist.all_reduce(reported)
+            reported /= self.plan.world_size
+        value = reported.item()
+        if not np.isfinite(value):
+            raise NonFiniteError(self._stop_message(f"non-finite loss ({value}) at iteration {self.iteration + 1}"))
+        self.scaler.scale(loss).backward()
+        if self.opt.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model)
+        return value, sr.detach()
+
+    def total_iterations(self):
+        total = self.iters_per_epoch * self.opt.total_epochs
+        return min(total, self.opt.max_iters) if self.opt.max_iters else total
+
+    def fit(self):
+        """Train until --total_epochs (or --max_iters); returns self."""
+        try:
+            self._fit()
+        finally:
+            self.close()
+        return self
+
+    def _fit(self):
+        opt = self.opt
+        total = self.total_iterations()
+        if self.iteration >= total:
+            log.info(f"nothing to do: iteration {self.iteration} already reaches the end ({total})")
+            return
+        window, tick = [], time.perf_counter()
+        while self.iteration < total:
+            self.sampler.set_position(self.epoch, self.batch_in_epoch * opt.batch_size)
+            bar = tqdm(total=self.iters_per_epoch, initial=self.batch_in_epoch, unit="it", mininterval=1.0,
+                       desc=f"epoch {self.epoch + 1}/{opt.total_epochs}", disable=not self.plan.is_main,
+                       dynamic_ncols=True, leave=False)
+            for batch in self.loader:
+                loss, sr = self.train_step(batch)
+                self.iteration += 1
+                self.batch_in_epoch += 1
+                if self.batch_in_epoch == self.iters_per_epoch:
+                    self.scheduler.step()
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                window.append(loss)
+                if self.iteration % opt.print_freq == 0:
+                    now = time.perf_counter()
+                    self._log_progress(window, len(window) / (now - tick))
+                    window, tick = [], now
+                if self.iteration % opt.visual_freq == 0:
+                    self.logger.visuals(batch["LR"], sr, batch["HR"], self.iteration)
+                if opt.val_dataroot and self.iteration % opt.val_freq == 0:
+                    self.validate_and_keep_best()
+                self._periodic_save()
+                if self.iteration >= total:
+                    break
+            bar.close()
+        if opt.val_dataroot and self.iteration % opt.val_freq:
+            self.validate_and_keep_best()
+        if not self.last_saved or self.last_saved[1] != self.iteration:
+            self.save("latest")
+        if self.plan.is_main:
+            log.info(f"finished at iteration {self.iteration} ({self.epoch} epoch(s) and {self.batch_in_epoch} "
+                     f"batch(es) done); latest checkpoint {self.ckpt_dir / 'latest.pt'}")
+
+    def _periodic_save(self):
+        names = [name for name, freq in (("latest", self.opt.save_latest_freq), (f"iter_{self.iteration}",
+                                                                                self.opt.save_iter_freq))
+                 if self.iteration % freq == 0]
+        if names:
+            self.save(*names)
+
+    def _log_progress(self, losses, iters_per_s):
+        if not self.plan.is_main:
+            return
+        loss = float(np.mean(losses))
+        images_per_s = iters_per_s * self.opt.batch_size * self.plan.world_size
+        epoch = self.epoch + (self.batch_in_epoch > 0)  # the epoch this iteration belonged to
+        log.info(f"epoch {epoch} iteration {self.iteration}: loss {loss:.5f} lr {self.current_lr():.3g} "
+                 f"{iters_per_s:.2f} it/s ({images_per_s:.1f} images/s)")
+        self.logger.scalars({"train/loss_l1": loss, "train/lr": self.current_lr(), "train/iters_per_s": iters_per_s,
+                             "train/images_per_s": images_per_s}, self.iteration)
+
+    # ----------------------------------------------------------------- validation
+    def validate_and_keep_best(self):
+        """Validate on rank 0 and write best.pt when its PSNR improves; all ranks must call it."""
+        psnr, ssim = broadcast_object(self.validate() if self.plan.is_main else None, self.plan)
+        if psnr > self.best.get("psnr", -np.inf):
+            self.best = {"psnr": psnr, "ssim": ssim, "iteration": self.iteration}
+            self.save("best")
+
+    @torch.no_grad()
+    def validate(self):
+        """(mean PSNR-Y, mean SSIM-Y) over --val_dataroot, with the EMA weights if enabled."""
+        net = self.ema.module if self.ema else unwrap(self.model)
+        was_training = net.training
+        net.eval()
+        scores = []
+        for batch in tqdm(self.val_loader, desc="validation", leave=False, disable=not self.plan.is_main):
+            with self.autocast():
+                sr = net(batch["LR"].to(self.device))
+            scores += [evaluate_pair(gt, out) for gt, out in zip(to_uint8(batch["HR"]), to_uint8(sr))]
+        net.train(was_training)
+        psnr, ssim = (float(np.mean(v)) for v in zip(*scores))
+        log.info(f"validation at iteration {self.iteration}: PSNR-Y {psnr:.3f} dB, SSIM-Y {ssim:.4f} "
+                 f"({len(scores)} images{', EMA weights' if self.ema else ''})")
+        self.logger.scalars({"val/psnr_y": psnr, "val/ssim_y": ssim}, self.iteration)
+        return psnr, ssim
+
+    def close(self):
+        self.logger.close()
+        destroy_process_group(self.plan)
+
+
+def train(opt):
+    """Run the training described by ``opt``; returns the finished Trainer."""
+    return Trainer(opt).fit()
