@@ -39,7 +39,8 @@ def backbone_key_map(lpips_model):
     return {"features." + name.split(".", 1)[1]: name for name, _ in lpips_model.net.named_parameters()}
 
 
-def _read_state_dict(path):
+def read_backbone_weights(path):
+    """A torchvision-format state_dict from ``path``; unreadable files are a ``UserError``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -52,9 +53,9 @@ def _read_state_dict(path):
     return state
 
 
-def load_backbone(lpips_model, path):
-    """Load a torchvision AlexNet/VGG16 state_dict (full, or only ``features.*``) into the LPIPS backbone."""
-    state = _read_state_dict(path)
+def load_backbone(lpips_model, state, path):
+    """Load a torchvision AlexNet/VGG16 state_dict (full, or only ``features.*``) read from ``path``
+    into the LPIPS backbone."""
     key_map = backbone_key_map(lpips_model)
     net = lpips_model.pnet_type
     missing = [k for k in key_map if k not in state]
@@ -85,8 +86,9 @@ def build_lpips(net="alex", backbone_weights=None, device="cpu"):
         # torchvision deprecates the pretrained= argument lpips still passes
         warnings.simplefilter("ignore", UserWarning)
         if backbone_weights:
+            state = read_backbone_weights(backbone_weights)
             model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-            load_backbone(model, backbone_weights)
+            load_backbone(model, state, backbone_weights)
         else:
             try:
                 model = lpips.LPIPS(net=net, verbose=False)
