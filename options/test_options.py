@@ -6,6 +6,7 @@ Y_CONVENTIONS = ("truncate", "round", "float")
 
 
 class TestOptions(BaseOptions):
+    __test__ = False  # not a pytest test class despite its name
     phase = "test"
     prog = "test.py"
     description = (
