@@ -123,7 +123,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="LPIPS device: auto, cpu, cuda")
     p.add_argument("--model_stats", action="append", default=[], metavar="NAME=JSON",
                    help="Params/FLOPs of method NAME from `python param.py --json > JSON`")
-    p.add_argument("--with_paper", action="store_true", help="include the paper's Table 1 rows (filled in for datasets named Helen or CelebA)")
+    p.add_argument("--with_paper", action="store_true",
+                   help="include the paper's Table 1 rows (filled in for datasets named Helen or CelebA)")
     p.add_argument("--y_convention", choices=Y_CONVENTIONS, default="truncate", help="see psnr_ssim.py")
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--out", required=True, help="Markdown file to write")
