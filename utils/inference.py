@@ -1,0 +1,208 @@
+"""test.py's work: build the network from a checkpoint, super-resolve a folder of LR faces in
+batches, write one PNG per input (same file stem) and, given ground truth, score the outputs.
+"""
+import contextlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.single_dataset import SingleDataset
+from models import HybriMamba, forward_padded
+from models.selective_scan import resolve_backend
+from options.base_options import NETWORK_OPTIONS, network_config
+from options.test_options import TestOptions
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.errors import UserError
+from utils.folder_eval import evaluate_folders, summary_lines, write_csv
+from utils.image_io import index_by_stem, is_image_file, write_rgb
+from utils.image_tensor import to_uint8
+from utils.train_logging import TqdmHandler
+
+log = logging.getLogger("hybrimamba")
+OUTPUT_SUFFIX = ".png"
+METRICS_CSV = "metrics.csv"
+METRICS_JSON = "metrics.json"
+SHOWN = 5
+
+
+def _shown(names):
+    return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
+
+
+@contextlib.contextmanager
+def console_logging():
+    """Route the 'hybrimamba' logger (notices, read_rgb conversions) to the console for one run."""
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)
+
+
+def select_device(gpus, cuda_available=None):
+    """(device, notices) for ``--gpus``: 0 -> CPU; N >= 1 -> cuda:0, or the CPU when CUDA is absent."""
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if gpus == 0:
+        return torch.device("cpu"), []
+    if not cuda_available:
+        return torch.device("cpu"), [f"--gpus {gpus} but CUDA is not available: running on the CPU"]
+    notices = [f"--gpus {gpus}: inference runs on one GPU (cuda:0)"] if gpus > 1 else []
+    return torch.device("cuda", 0), notices
+
+
+def network_options(opt, stored):
+    """(HybriMamba keyword arguments, notices): a checkpoint's ``stored`` options dict wins over the
+    command line; without one (a bare state_dict) the command-line values (default: the paper's) are used.
+    """
+    config = network_config(opt)
+    if not isinstance(stored, dict):
+        return config, []
+    defaults = TestOptions().defaults()
+    notices = []
+    for key in NETWORK_OPTIONS:
+        if key not in stored:
+            continue
+        if config[key] != defaults[key] and config[key] != stored[key]:
+            notices.append(f"--{key} {config[key]} ignored: the checkpoint was trained with {key} {stored[key]}")
+        config[key] = type(defaults[key])(stored[key])
+    return config, notices
+
+
+def build_model(opt, device):
+    """(HybriMamba in eval mode on ``device`` with the checkpoint's weights, one-line description)."""
+    path = opt.pretrain_model_path
+    ckpt = load_checkpoint(path)
+    stored = ckpt.get("options") if isinstance(ckpt, dict) else None
+    config, notices = network_options(opt, stored)
+    for line in notices:
+        log.warning(f"notice: {line}")
+    model = HybriMamba(**config, scan_backend=opt.scan_backend)
+    try:
+        what = load_weights(model, path, prefer_ema=not opt.no_ema)
+    except UserError as err:
+        if isinstance(stored, dict):  # load_weights already named the stored configuration
+            raise
+        flags = "/".join(f"--{k}" for k in NETWORK_OPTIONS)
+        raise UserError(f"{err}; it stores no network options, so pass the {flags} it was trained with") from None
+    shape = " ".join(f"{k} {v}" for k, v in config.items())
+    return model.eval().to(device), f"{what}; network {shape}"
+
+
+def check_ground_truth(hr_dir, stems, load_size):
+    """Before any inference: every input stem has a ``load_size`` x ``load_size`` image in ``hr_dir``."""
+    hr = index_by_stem(hr_dir)
+    missing = [s for s in stems if s not in hr]
+    if missing:
+        raise UserError(f"{hr_dir}: no ground truth for {len(missing)} input(s) ({_shown(missing)}); "
+                        f"HR images are paired with the inputs by file stem")
+    for stem in stems:
+        with contextlib.suppress(OSError):  # files PIL cannot parse are reported by the evaluation
+            with Image.open(hr[stem]) as img:
+                size = img.size
+            if size != (load_size, load_size):
+                raise UserError(f"{hr[stem]}: ground truth is {size[0]}x{size[1]} but the outputs are "
+                                f"{load_size}x{load_size}; pass --load_size {size[0]} or the matching HR folder")
+
+
+def foreign_outputs(save_dir, stems):
+    """Images already in ``save_dir`` that this run will not write (left over from another input set)."""
+    if not save_dir.is_dir():
+        return []
+    ours = {stem + OUTPUT_SUFFIX for stem in stems}
+    return sorted(p.name for p in save_dir.iterdir() if p.is_file() and is_image_file(p) and p.name not in ours)
+
+
+@torch.inference_mode()
+def super_resolve(model, dataset, save_dir, batch_size=8, device="cpu", workers=0, progress=True):
+    """Run ``model`` over a SingleDataset in batches; returns the output paths in input order.
+
+    Batches are (B, 3, S, S) with S = the dataset's load_size; any S works (the input is padded
+    to a multiple of 4 and the output cropped back). Each output is rounded to uint8 and
+    written as ``save_dir/<input stem>.png``.
+    """
+    device, save_dir = torch.device(device), Path(save_dir)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=min(workers, len(dataset)),
+                        pin_memory=device.type == "cuda")
+    save_dir.mkdir(parents=True, exist_ok=True)
+    outputs = []
+    with tqdm(total=len(dataset), desc="super-resolving", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            sr = forward_padded(model, batch["LR"].to(device, non_blocking=True), multiple=4)
+            for path, img in zip(batch["path"], to_uint8(sr)):
+                out = save_dir / (Path(path).stem + OUTPUT_SUFFIX)
+                write_rgb(out, img)
+                outputs.append(out)
+            bar.update(len(batch["path"]))
+    return outputs
+
+
+def _json_safe(value):
+    """JSON has no infinity (PSNR of identical images): non-finite floats become null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_metrics(save_dir, rows, summary, extra):
+    """``save_dir/metrics.csv`` (per image) and ``save_dir/metrics.json`` (summary and ``extra``)."""
+    csv_path, json_path = save_dir / METRICS_CSV, save_dir / METRICS_JSON
+    write_csv(csv_path, rows)
+    record = {k: _json_safe(v) for k, v in {**summary, **extra}.items()}
+    if summary["psnr"] is not None:
+        record["identical_pairs"] = sum(math.isinf(r["psnr"]) for r in rows)
+    json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    return csv_path, json_path
+
+
+def run_test(opt, progress=True):
+    """The whole test.py run for the parsed TestOptions ``opt``; returns ``(outputs, summary or None)``."""
+    with console_logging():
+        return _run_test(opt, progress)
+
+
+def _run_test(opt, progress):
+    device, notices = select_device(opt.gpus)
+    for line in notices + TestOptions().notices(opt):
+        log.warning(f"notice: {line}")
+    save_dir = Path(opt.save_as_dir)
+    # Everything that can fail cheaply is checked before the (long) inference.
+    dataset = SingleDataset(opt.dataroot, load_size=opt.load_size)
+    stems = [Path(p).stem for p in dataset.paths]
+    leftovers = foreign_outputs(save_dir, stems)
+    if opt.hr_dir:
+        check_ground_truth(opt.hr_dir, stems, opt.load_size)
+        if leftovers:
+            raise UserError(f"{save_dir}: holds {len(leftovers)} image(s) not made from {opt.dataroot} "
+                            f"({_shown(leftovers)}) that would be scored too; empty it or choose another --save_as_dir")
+    elif leftovers:
+        log.warning(f"notice: {save_dir} also holds {len(leftovers)} other image(s) ({_shown(leftovers)})")
+    resolve_backend(opt.scan_backend, device)
+    lpips_model = None
+    if opt.lpips:
+        from utils.lpips_metric import build_lpips  # deferred: lpips imports torchvision's models
+        lpips_model = build_lpips("alex", opt.backbone_weights, device)
+    model, what = build_model(opt, device)
+    log.info(f"{what}; {len(dataset)} image(s) at {opt.load_size}x{opt.load_size} on {device}")
+
+    outputs = super_resolve(model, dataset, save_dir, opt.batch_size, device, opt.num_threads, progress)
+    log.info(f"{len(outputs)} result(s) written to {save_dir}")
+    if not opt.hr_dir:
+        return outputs, None
+
+    rows, summary = evaluate_folders(opt.hr_dir, save_dir, convention=opt.y_convention, lpips_model=lpips_model,
+                                     lpips_batch_size=opt.batch_size, allow_missing=True, progress=progress)
+    print("\n".join(summary_lines(summary)))
+    extra = {"checkpoint": str(opt.pretrain_model_path), "weights": what, "load_size": opt.load_size}
+    csv_path, json_path = write_metrics(save_dir, rows, summary, extra)
+    print(f"per-image results: {csv_path}; summary: {json_path}")
+    return outputs, summary
