@@ -1,0 +1,85 @@
+"""HybriMamba: the U-shaped encoder-decoder of HybriMamba Stages for face super-resolution."""
+import torch
+from torch import nn
+
+from models.sampling import Downsample, Upsample
+from models.selective_scan import BACKENDS
+from models.stage import Stage
+
+NO_WEIGHT_DECAY = ("A_logs", "Ds")
+
+
+class HybriMamba(nn.Module):
+    """(B, 3, H, W) bicubic-upsampled LR in [-1, 1] -> (B, 3, H, W) SR, H and W multiples of 4.
+
+    Widths with C = embed_dim: encoder C, 2C, 4C at H, H/2, H/4; bottleneck 4C; decoder 8C, 4C,
+    2C (each decoder stage sees the concatenation with its skip). The network predicts a
+    residual added to its input.
+    """
+
+    def __init__(self, in_chans=3, embed_dim=32, depth=2, n_layers=2, expand=1.5, d_state=8, mlp_ratio=2.0,
+                 scan_backend="auto"):
+        super().__init__()
+        if scan_backend not in BACKENDS:
+            raise ValueError(f"scan_backend must be one of {', '.join(BACKENDS)}, not {scan_backend!r}")
+        c = embed_dim
+        self.config = dict(in_chans=in_chans, embed_dim=embed_dim, depth=depth, n_layers=n_layers, expand=expand,
+                           d_state=d_state, mlp_ratio=mlp_ratio)
+
+        def stage(dim):
+            return Stage(dim, depth=depth, n_layers=n_layers, mlp_ratio=mlp_ratio, expand=expand, d_state=d_state,
+                         scan_backend=scan_backend)
+
+        self.shallow = nn.Sequential(nn.Conv2d(in_chans, c, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        self.enc0 = stage(c)
+        self.down1 = Downsample(c, 2 * c)
+        self.enc1 = stage(2 * c)
+        self.down2 = Downsample(2 * c, 4 * c)
+        self.enc2 = stage(4 * c)
+        self.bottleneck = stage(4 * c)
+        self.dec1 = stage(8 * c)
+        self.up1 = Upsample(8 * c, 2 * c)
+        self.dec2 = stage(4 * c)
+        self.up2 = Upsample(4 * c, c)
+        self.dec3 = stage(2 * c)
+        self.reconstruct = nn.Sequential(nn.Conv2d(2 * c, in_chans, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        self.apply(_init_weights)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if h % 4 or w % 4:
+            raise ValueError(f"input size {h}x{w} is not a multiple of 4; use models.forward_padded")
+        s0 = self.enc0(self.shallow(x))
+        s1 = self.enc1(self.down1(s0))
+        s2 = self.enc2(self.down2(s1))
+        d = self.dec1(torch.cat((self.bottleneck(s2), s2), dim=1))
+        d = self.dec2(torch.cat((self.up1(d), s1), dim=1))
+        d = self.dec3(torch.cat((self.up2(d), s0), dim=1))
+        return self.reconstruct(d) + x
+
+    def set_scan_backend(self, name):
+        """Switch the selective-scan backend of every Image-SSM ('auto', 'torch', 'ref' or 'cuda')."""
+        if name not in BACKENDS:
+            raise ValueError(f"scan_backend must be one of {', '.join(BACKENDS)}, not {name!r}")
+        for module in self.modules():
+            if hasattr(module, "scan_backend"):
+                module.scan_backend = name
+
+    def optimizer_param_groups(self, weight_decay):
+        """AdamW groups: every parameter decays except the SSM's A_log and D (spec 3.3)."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _init_weights(module):
+    """Linear: truncated normal std 0.02, bias 0; LayerNorm: 1 and 0 (spec 3.6)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

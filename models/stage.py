@@ -1,0 +1,31 @@
+"""Stage ("HybriMamba Blocks"): depth x (Mamba mixer, LEM), each pre-LayerNorm and residual."""
+from torch import nn
+
+from models.lem import LEM
+from models.mamba_block import HybriMambaMixer
+
+
+class HybriMambaBlock(nn.Module):
+    """x = x + HybriMamba(LN(x)); x = x + LEM(LN(x)); (B, H, W, d) -> same."""
+
+    def __init__(self, dim, n_layers=2, mlp_ratio=2.0, **block_kwargs):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = HybriMambaMixer(dim, n_layers=n_layers, **block_kwargs)
+        self.norm2 = nn.LayerNorm(dim)
+        self.lem = LEM(dim, mlp_ratio=mlp_ratio)
+
+    def forward(self, x):
+        x = x + self.mixer(self.norm1(x))
+        return x + self.lem(self.norm2(x))
+
+
+class Stage(nn.Module):
+    """``depth`` HybriMamba blocks at one resolution; (B, d, H, W) -> (B, d, H, W)."""
+
+    def __init__(self, dim, depth=2, **block_kwargs):
+        super().__init__()
+        self.blocks = nn.Sequential(*(HybriMambaBlock(dim, **block_kwargs) for _ in range(depth)))
+
+    def forward(self, x):
+        return self.blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
