@@ -1,0 +1,35 @@
+# HybriMamba: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATAROOT ?=
+OUT ?= demo_output
+
+.PHONY: help demo test fresh-machine-test bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -r requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed ## train a small model on built-in faces, test it, compare with bicubic (DATAROOT=... for your faces)
+	$(PY) -m utils.demo --out $(OUT) $(if $(DATAROOT),--dataroot $(DATAROOT))
+
+test: $(VENV)/.installed ## run the test suite
+	$(PY) -m pytest
+
+fresh-machine-test: ## clone, install requirements.txt into a brand-new venv, import everything, run param.py
+	bash tests/fresh_machine.sh
+
+bench: $(VENV)/.installed ## run the scan, training and metric benchmarks (prints tables)
+	$(PY) bench/bench_scan.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_metrics.py
+
+clean: ## remove demo and test outputs (never .venv, ckpt/ or check_points/)
+	rm -rf $(OUT) .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
