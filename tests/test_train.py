@@ -1,0 +1,274 @@
+"""Training: a short run learns and writes logs/checkpoints, exact resume, DDP, non-finite loss, devices."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from models import HybriMamba
+from options import TrainOptions
+from tests.conftest import ROOT
+from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.distributed import plan_devices, unwrap
+from utils.ema import ModelEMA
+from utils.errors import UserError
+from utils.image_io import read_rgb
+from utils.image_tensor import to_tensor, to_uint8
+from utils.metrics import evaluate_pair
+from utils.train_data import ResumableSampler, SeededSamples
+from utils.train_logging import image_grid
+from utils.trainer import NonFiniteError, train
+
+SIZE = 16
+TINY = ["--embed_dim", "8", "--depth", "1", "--n_layers", "1"]
+
+
+def make_faces(folder, count, seed=0):
+    """Small face-like RGB images: skin ellipse, dark eyes and mouth, textured background, noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / (SIZE - 1)
+    for i in range(count):
+        cx, cy = 0.5 + rng.uniform(-0.08, 0.08), 0.5 + rng.uniform(-0.08, 0.08)
+        img = np.stack([60 + 80 * x, 90 + 60 * y, 140 + 50 * np.sin(6 * x + i)], axis=-1)
+        face = ((x - cx) / 0.33) ** 2 + ((y - cy) / 0.42) ** 2 < 1
+        img[face] = rng.uniform(170, 230) * np.array([1.0, 0.8, 0.65])
+        for ex in (cx - 0.14, cx + 0.14):
+            img[((x - ex) / 0.07) ** 2 + ((y - cy + 0.1) / 0.05) ** 2 < 1] = (40, 30, 30)
+        img[(np.abs(x - cx) < 0.15) & (np.abs(y - cy - 0.2) < 0.03)] = (150, 50, 60)
+        img += rng.normal(0, 6, img.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"face_{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def faces6(tmp_path_factory):
+    return make_faces(tmp_path_factory.mktemp("faces6"), 6)
+
+
+def train_argv(tmp_path, dataroot, name, *extra):
+    return ["--gpus", "0", "--name", name, "--dataroot", str(dataroot), "--load_size", str(SIZE),
+            "--checkpoints_dir", str(tmp_path / "check_points"), "--ckpt_dir", str(tmp_path / "ckpt"),
+            "--batch_size", "2", "--num_threads", "0", *TINY, *extra]
+
+
+def run_training(tmp_path, dataroot, name, *extra):
+    return train(TrainOptions().parse(train_argv(tmp_path, dataroot, name, *extra)))
+
+
+def tensor_leaves(obj, prefix=""):
+    """Every tensor of a nested dict/list structure, keyed by its path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else []
+    return {k: v for key, value in items for k, v in tensor_leaves(value, f"{prefix}/{key}").items()}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ a short run
+def test_short_run_learns_and_writes_logs_visuals_and_checkpoints(tmp_path):
+    faces = make_faces(tmp_path / "faces", 2, seed=1)
+    trainer = run_training(tmp_path, faces, "short", "--max_iters", "30", "--lr", "2e-3", "--lr_milestones", "100",
+                           "--print_freq", "5", "--visual_freq", "10", "--save_latest_freq", "10",
+                           "--save_iter_freq", "15", "--val_dataroot", str(faces), "--val_freq", "15",
+                           "--ema", "0.8")
+    exp, ckpt = tmp_path / "check_points" / "short", tmp_path / "ckpt" / "short"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best.pt", "iter_15.pt", "iter_30.pt", "latest.pt"]
+    latest = load_checkpoint(ckpt / "latest.pt")
+    assert latest["iteration"] == 30 and latest["epoch"] == 30 and latest["batch_in_epoch"] == 0
+    assert not any(k.startswith("module.") for k in latest["model"])
+    assert set(latest) >= {"model", "ema", "optimizer", "scheduler", "scaler", "epoch", "iteration", "rng", "options"}
+
+    events = EventAccumulator(str(exp / "tb")).Reload()
+    losses = {e.step: e.value for e in events.Scalars("train/loss_l1")}
+    assert sorted(losses) == [5, 10, 15, 20, 25, 30]
+    assert np.mean([losses[25], losses[30]]) < 0.8 * np.mean([losses[5], losses[10]])
+    assert {e.step for e in events.Scalars("train/lr")} == set(losses)
+
+    # Validation: recompute PSNR/SSIM-Y of best.pt's EMA weights on the un-augmented pairs, LR made with PIL here.
+    val = {e.step: e.value for e in events.Scalars("val/psnr_y")}
+    assert sorted(val) == [15, 30]
+    best = load_checkpoint(ckpt / "best.pt")
+    assert best["best"]["psnr"] == pytest.approx(max(val.values()), abs=1e-4)
+    net = HybriMamba(embed_dim=8, depth=1, n_layers=1)
+    load_weights(net, ckpt / "best.pt")
+    hrs = [Image.open(path).convert("RGB") for path in sorted(faces.iterdir())]
+    lr_up = [hr.resize((2, 2), Image.BICUBIC).resize((SIZE, SIZE), Image.BICUBIC) for hr in hrs]
+    with torch.no_grad():
+        sr = net(torch.stack([to_tensor(np.asarray(im)) for im in lr_up]))
+    scores = [evaluate_pair(np.asarray(hr), out) for hr, out in zip(hrs, to_uint8(sr))]
+    assert np.mean([s[0] for s in scores]) == pytest.approx(best["best"]["psnr"], abs=1e-6)
+    assert np.mean([s[1] for s in scores]) == pytest.approx(best["best"]["ssim"], abs=1e-9)
+
+    # LR|SR|HR grids of the first (up to 4) samples of the batch, as PNG.
+    assert sorted(p.name for p in (exp / "visuals").iterdir()) == [f"iter_{i:08d}.png" for i in (10, 20, 30)]
+    assert read_rgb(exp / "visuals" / "iter_00000030.png").shape == (2 * SIZE, 3 * SIZE, 3)
+    log_text = (exp / "train_log.txt").read_text()
+    assert "iteration 30: loss" in log_text and "validation at iteration 30" in log_text
+    assert "lr: 0.002\t[default: 0.0004]" in (exp / "train_opt.txt").read_text()
+    assert trainer.iteration == 30
+
+
+def test_image_grid_layout():
+    lr, sr, hr = (torch.rand(5, 3, 4, 6) * 2 - 1 for _ in range(3))
+    grid = image_grid(lr, sr, hr)
+    assert grid.shape == (4 * 4, 3 * 6, 3) and grid.dtype == np.uint8
+    for row in range(4):
+        for col, batch in enumerate((lr, sr, hr)):
+            np.testing.assert_array_equal(grid[4 * row:4 * row + 4, 6 * col:6 * col + 6], to_uint8(batch[row]))
+
+
+# ------------------------------------------------------------------ exact resume
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, faces6, workers):
+    # 6 images, batch 2: 3 iterations per epoch. Stop mid-epoch (4), cross LR milestones, EMA and clipping on.
+    common = ("--num_threads", workers, "--lr_milestones", "1", "2", "--ema", "0.9", "--grad_clip", "0.5",
+              "--lr", "1e-3", "--seed", "7")
+    run_training(tmp_path, faces6, "straight", *common, "--max_iters", "8")
+    run_training(tmp_path, faces6, "resumed", *common, "--max_iters", "4")
+    first_half = load_checkpoint(tmp_path / "ckpt" / "resumed" / "latest.pt")
+    assert (first_half["iteration"], first_half["epoch"], first_half["batch_in_epoch"]) == (4, 1, 1)
+    run_training(tmp_path, faces6, "resumed", *common, "--max_iters", "8", "--continue_train")
+
+    a = load_checkpoint(tmp_path / "ckpt" / "straight" / "latest.pt")
+    b = load_checkpoint(tmp_path / "ckpt" / "resumed" / "latest.pt")
+    ta, tb = tensor_leaves({k: a[k] for k in ("model", "ema", "optimizer", "rng")}), \
+        tensor_leaves({k: b[k] for k in ("model", "ema", "optimizer", "rng")})
+    assert ta.keys() == tb.keys() and len(ta) > 100
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert different == []
+    assert a["scheduler"] == b["scheduler"] and a["scheduler"]["last_epoch"] == 2
+    assert (a["iteration"], a["epoch"], a["batch_in_epoch"]) == (b["iteration"], b["epoch"], b["batch_in_epoch"])
+    # The weights did move during the second half (the comparison is not between two unchanged copies).
+    assert not torch.equal(a["model"]["shallow.0.weight"], first_half["model"]["shallow.0.weight"])
+
+
+def test_continue_train_without_checkpoint_is_a_user_error(tmp_path, faces6):
+    with pytest.raises(UserError, match="latest.pt: no such checkpoint file"):
+        run_training(tmp_path, faces6, "nothing", "--continue_train", "--max_iters", "1")
+
+
+def test_pretrained_weights_initialise_the_network(tmp_path, faces6):
+    torch.manual_seed(123)
+    source = HybriMamba(embed_dim=8, depth=1, n_layers=1)
+    save_checkpoint(tmp_path / "pre.pt", {"model": {k: v + 0.0 for k, v in source.state_dict().items()}})
+    trainer = run_training(tmp_path, faces6, "finetune", "--pretrain_model_path", str(tmp_path / "pre.pt"),
+                           "--max_iters", "1", "--lr", "1e-12", "--weight_decay", "0")
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(unwrap(trainer.model).state_dict()[key], value, rtol=0, atol=1e-9)
+
+
+def test_data_order_and_augmentation_depend_only_on_seed_epoch_index(faces6):
+    from data import CelebADataset
+    dataset = SeededSamples(CelebADataset(faces6, load_size=SIZE), seed=3)
+    first = dataset[(2, 4)]
+    torch.rand(5)  # consuming global randomness in between must not matter
+    state = torch.get_rng_state()
+    again = dataset[(2, 4)]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left as it was
+    assert torch.equal(first["HR"], again["HR"]) and torch.equal(first["LR"], again["LR"])
+    others = [dataset[(e, 4)]["HR"] for e in range(8)]
+    assert any(not torch.equal(others[0], o) for o in others[1:])  # epochs draw different augmentations
+
+    full = list(ResumableSampler(dataset, num_replicas=2, rank=1, seed=3))
+    sampler = ResumableSampler(dataset, num_replicas=2, rank=1, seed=3)
+    sampler.set_position(0, 2)
+    assert list(sampler) == full[2:] and len(sampler) == len(full) - 2
+    ranks = [list(ResumableSampler(dataset, num_replicas=2, rank=r, seed=3)) for r in (0, 1)]
+    assert sorted(i for r in ranks for _, i in r) == list(range(6))
+
+
+def test_ema_update_is_the_moving_average():
+    net = torch.nn.Linear(3, 2)
+    ema = ModelEMA(net, decay=0.75)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net)
+    for key, value in ema.state_dict().items():
+        torch.testing.assert_close(value, 0.75 * start[key] + 0.25 * (start[key] + 1.0))
+
+
+# ------------------------------------------------------------------ failure handling
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, faces6):
+    # A learning rate of 1e30 blows the weights up; the loss turns non-finite a step later.
+    with pytest.raises(NonFiniteError) as err:
+        run_training(tmp_path, faces6, "diverge", "--lr", "1e30", "--save_latest_freq", "1", "--max_iters", "8")
+    message = str(err.value)
+    assert "\n" not in message
+    stopped = int(message.split("at iteration ")[1].split()[0])
+    assert message.startswith(f"non-finite loss (nan) at iteration {stopped}")
+    kept = load_checkpoint(tmp_path / "ckpt" / "diverge" / "latest.pt")
+    assert stopped >= 2 and kept["iteration"] == stopped - 1
+    assert f"latest.pt (iteration {stopped - 1}) is kept" in message
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+# ------------------------------------------------------------------ devices
+def test_device_plans():
+    plan = plan_devices(3, env={}, cuda_available=False, device_count=0)
+    assert plan.device.type == "cpu" and plan.data_parallel_ids is None
+    assert plan.notices == ["--gpus 3 but CUDA is not available: training on the CPU"]
+    plan = plan_devices(3, env={}, cuda_available=True, device_count=4)
+    assert plan.device == torch.device("cuda", 0) and plan.data_parallel_ids == [0, 1, 2]
+    assert plan_devices(1, env={}, cuda_available=True, device_count=4).data_parallel_ids is None
+    assert plan_devices(0, env={}, cuda_available=True, device_count=4).device.type == "cpu"
+    with pytest.raises(UserError, match="--gpus 3 but only 2 GPU"):
+        plan_devices(3, env={}, cuda_available=True, device_count=2)
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}
+    plan = plan_devices(1, env=env, cuda_available=True, device_count=2)
+    assert (plan.device, plan.backend, plan.rank, plan.world_size) == (torch.device("cuda", 1), "nccl", 3, 4)
+    plan = plan_devices(0, env=env, cuda_available=True, device_count=2)
+    assert (plan.device.type, plan.backend) == ("cpu", "gloo") and plan.distributed and not plan.is_main
+
+
+def _ddp_rank(rank, argv, port, out_dir):
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    trainer = train(TrainOptions().parse(argv))
+    torch.save(unwrap(trainer.model).state_dict(), out_dir / f"rank{rank}.pt")
+
+
+def test_ddp_ranks_agree_and_the_checkpoint_loads_in_one_process(tmp_path, faces6):
+    argv = train_argv(tmp_path, faces6, "ddp", "--batch_size", "1", "--max_iters", "2", "--seed", "5")
+    mp.start_processes(_ddp_rank, args=(argv, free_port(), tmp_path), nprocs=2, start_method="fork")
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    latest = load_checkpoint(tmp_path / "ckpt" / "ddp" / "latest.pt")
+    assert latest["world_size"] == 2 and len(latest["rng"]) == 2 and latest["iteration"] == 2
+    assert all(torch.equal(latest["model"][k], w0[k]) for k in w0)
+    torch.manual_seed(99)
+    fresh = HybriMamba(embed_dim=8, depth=1, n_layers=1)
+    assert not torch.equal(fresh.state_dict()["shallow.0.weight"], w0["shallow.0.weight"])
+    load_weights(fresh, tmp_path / "ckpt" / "ddp" / "latest.pt")
+    assert all(torch.equal(fresh.state_dict()[k], w0[k]) for k in w0)
+    # A single process resumes the DDP run (with a notice that the process count changed).
+    trainer = train(TrainOptions().parse(train_argv(tmp_path, faces6, "ddp", "--batch_size", "1", "--max_iters", "3",
+                                                    "--seed", "5", "--continue_train")))
+    assert trainer.iteration == 3 and load_checkpoint(tmp_path / "ckpt" / "ddp" / "latest.pt")["world_size"] == 1
+    assert "1 process(es) (was 2)" in (tmp_path / "check_points" / "ddp" / "train_log.txt").read_text()
+
+
+def test_torchrun_two_cpu_processes(tmp_path, faces6):
+    argv = train_argv(tmp_path, faces6, "torchrun", "--batch_size", "1", "--max_iters", "2", "--print_freq", "1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "train.py"), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    latest = load_checkpoint(tmp_path / "ckpt" / "torchrun" / "latest.pt")
+    assert latest["world_size"] == 2 and latest["iteration"] == 2
+    log_text = (tmp_path / "check_points" / "torchrun" / "train_log.txt").read_text()
+    assert "DistributedDataParallel, 2 processes (gloo)" in log_text
+    assert log_text.count("iteration 2: loss") == 1  # only rank 0 logs
