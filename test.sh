@@ -12,8 +12,8 @@ CELEBA_LR=${CELEBA_LR:-/path/to/CelebA/celeba_test/LR}
 CKPT=${CKPT:-./ckpt/Mamba-SRx8/latest.pt}
 HELEN_OUT=${HELEN_OUT:-result/Mamba-helen}
 CELEBA_OUT=${CELEBA_OUT:-result/Mamba-celeba}
-# The GPU to use (the seed's script used 4); without CUDA test.py runs on the CPU.
-export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+# The GPU to use (the seed's script used 4); an empty value hides every GPU and test.py runs on the CPU.
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-0}
 
 # Testing on Helen
 python test.py --gpus 1 --model Mamba --name Mamba-SRx8 \
