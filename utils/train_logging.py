@@ -50,9 +50,14 @@ class TrainLogger:
         for handler in self._handlers:
             log.addHandler(handler)
         log.setLevel(logging.INFO)
-        # Imported here: TensorBoard is only needed by a logging rank.
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(self.exp_dir / "tb"))
+
+    def start_tensorboard(self, purge_step=None):
+        """Open the TensorBoard writer in tb/; ``purge_step`` (a resumed run's iteration) hides the
+        events an interrupted run logged after its last checkpoint."""
+        if self.enabled:
+            # Imported here: TensorBoard is only needed by a logging rank.
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.exp_dir / "tb"), purge_step=purge_step)
 
     def scalars(self, values, step):
         """Add ``{tag: float}`` to TensorBoard at ``step``."""

@@ -157,6 +157,7 @@ class Trainer:
         self.last_saved = None     # (path, iteration) of the newest latest.pt
         if opt.continue_train:
             self._resume(self.ckpt_dir / "latest.pt")
+        self.logger.start_tensorboard(purge_step=self.iteration + 1 if opt.continue_train else None)
         if plan.is_main:
             n_params = sum(p.numel() for p in net.parameters())
             log.info(f"{len(dataset)} training images, {self.iters_per_epoch} iterations per epoch "
@@ -369,6 +370,8 @@ class Trainer:
 
     def close(self):
         self.logger.close()
+        # Dropping the loaders ends their persistent worker processes.
+        self.loader = self.val_loader = None
         destroy_process_group(self.plan)
 
 

@@ -1,0 +1,127 @@
+"""Training throughput (images/s) and peak memory of one HybriMamba training step.
+
+One step = forward, L1 loss, backward and AdamW update of the paper's network (embed_dim 32) at
+128x128, for each batch size x selective-scan backend x precision. Every case runs in its own
+subprocess: on the CPU its peak memory is the process's peak resident set size (max RSS,
+including PyTorch itself; "step" is the growth over the RSS before the first step); on CUDA it
+is ``torch.cuda.max_memory_allocated``. One warm-up step precedes the timed steps.
+
+    python bench/bench_train.py            # batches 1 4 8, backends torch ref, fp32 and bf16
+    python bench/bench_train.py --quick    # batches 1 4, one timed step, ref only at batch 1
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def max_rss_mb():
+    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def run_case(batch, backend, amp, steps, size):
+    """Time ``steps`` training steps after one warm-up; returns a dict of figures."""
+    import torch
+    import torch.nn.functional as F
+
+    from models import HybriMamba
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    net = HybriMamba(scan_backend=backend).to(device).train()
+    optimizer = torch.optim.AdamW(net.optimizer_param_groups(0.02), lr=4e-4, betas=(0.9, 0.99))
+    lr_img = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    hr = (lr_img + 0.1 * torch.randn_like(lr_img)).clamp(-1, 1)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[amp]
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            sr = net(lr_img)
+        F.l1_loss(sr.float(), hr).backward()
+        optimizer.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rss_before = max_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / steps
+    figures = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} "
+               f"threads)", "step_s": seconds, "images_per_s": batch / seconds}
+    if device.type == "cuda":
+        figures["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        figures["peak_mb"] = max_rss_mb()
+        figures["step_mb"] = figures["peak_mb"] - rss_before
+    return figures
+
+
+def cases(args):
+    for batch in args.batches:
+        for backend in args.backends:
+            if args.quick and backend == "ref" and batch > 1:
+                continue
+            for amp in args.amp:
+                yield batch, backend, amp
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batches 1 4, one timed step, ref only at batch 1")
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 4 8)")
+    parser.add_argument("--backends", nargs="+", default=["torch", "ref"], choices=["torch", "ref", "cuda"])
+    parser.add_argument("--amp", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 3, quick 1)")
+    parser.add_argument("--size", type=int, default=128, help="image side")
+    parser.add_argument("--case_timeout", type=float, default=3600, help="seconds before a case is abandoned")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = parser.parse_args(argv)
+    steps = args.steps or (1 if args.quick else 3)
+    if args.case:
+        batch, backend, amp = args.case.split(",")
+        print(json.dumps(run_case(int(batch), backend, amp, steps, args.size)))
+        return 0
+    args.batches = args.batches or ([1, 4] if args.quick else [1, 4, 8])
+    print(f"training step at {args.size}x{args.size}, embed_dim 32 (paper config), {steps} timed step(s) "
+          f"after one warm-up; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'batch':>5} {'backend':>7} {'amp':>5} {'s/step':>9} {'images/s':>9} {'peak MiB':>9} {'step MiB':>9}  device")
+    for batch, backend, amp in cases(args):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{batch},{backend},{amp}",
+               "--steps", str(steps), "--size", str(args.size)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            print(f"{batch:>5} {backend:>7} {amp:>5}  timed out after {args.case_timeout:.0f} s", flush=True)
+            continue
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{batch:>5} {backend:>7} {amp:>5}  failed: {reason}", flush=True)
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        step_mb = f"{r['step_mb']:9.0f}" if "step_mb" in r else f"{'-':>9}"
+        print(f"{batch:>5} {backend:>7} {amp:>5} {r['step_s']:9.2f} {r['images_per_s']:9.3f} {r['peak_mb']:9.0f} "
+              f"{step_mb}  {r['device']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
