@@ -1,0 +1,55 @@
+"""Selective scan with one interface and three backends (ARCHITECTURE.md section 3.4).
+
+``selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True, backend="auto")`` takes the
+layout of mamba-ssm's ``selective_scan_fn``: u, delta (Bt, K*Dn, L); A (K*Dn, N); B, C (Bt, K, N, L)
+or (Bt, N, L); D, delta_bias (K*Dn,). Backends: ``cuda`` (mamba-ssm's kernels), ``torch`` (the
+chunked pure-PyTorch scan), ``ref`` (the sequential oracle); ``auto`` picks cuda when it can run
+on the tensors' device, else torch.
+"""
+import logging
+
+import torch
+
+from models.selective_scan import cuda_backend
+from models.selective_scan.chunked import selective_scan_chunked
+from models.selective_scan.cuda_backend import cuda_unavailable_reason
+from models.selective_scan.reference import selective_scan_ref
+from utils.errors import UserError
+
+BACKENDS = ("auto", "torch", "ref", "cuda")
+_IMPLEMENTATIONS = {"torch": selective_scan_chunked, "ref": selective_scan_ref,
+                    "cuda": cuda_backend.selective_scan_cuda}
+_logged = set()
+
+__all__ = ["BACKENDS", "selective_scan", "resolve_backend", "cuda_unavailable_reason"]
+
+
+def resolve_backend(name, device):
+    """The backend ('cuda', 'torch' or 'ref') that ``name`` means for tensors on ``device``; logged once.
+
+    Raises UserError for an unknown name or for 'cuda' where the kernels cannot run.
+    """
+    if name not in BACKENDS:
+        raise UserError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    device_type = torch.device(device).type
+    reason = cuda_unavailable_reason(device) if name in ("auto", "cuda") else None
+    if name == "cuda" and reason is not None:
+        raise UserError(f"--scan_backend cuda cannot run: {reason}; --scan_backend torch works everywhere")
+    resolved = ("torch" if reason else "cuda") if name == "auto" else name
+    key = (name, resolved, device_type)
+    if key not in _logged:
+        _logged.add(key)
+        why = f"; cuda unavailable: {reason}" if reason else ""
+        logging.getLogger("hybrimamba").info(
+            "selective scan: backend '%s' (%s on %s%s)", resolved, name, device_type, why)
+    return resolved
+
+
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend="auto"):
+    """y (Bt, K*Dn, L) in u's dtype; h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t h_t + D u_t.
+
+    dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias. Shapes as in the
+    module docstring; channel block k (of Dn channels) uses B/C group k.
+    """
+    scan = _IMPLEMENTATIONS[resolve_backend(backend, u.device)]
+    return scan(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)

@@ -1,0 +1,234 @@
+"""The project's fast pure-PyTorch selective scan: a chunked scan with a hand-written backward.
+
+The sequence of length L is cut into nc chunks of T steps and laid out time-major as
+(T, Bt, K, nc, N, Dn), so one Python step advances every chunk of every channel at once:
+T steps of the recurrence inside all chunks in parallel (with cumulative log-decays), then nc
+steps carrying the state from chunk to chunk, then one fused correction. Only decays
+exp(dt*A) <= 1 and their products are formed, so nothing can overflow. The backward recomputes
+the states instead of storing them and runs the adjoint recurrence with the same chunked scan
+in reverse. Inputs are processed in blocks (sub-batches, channel slices) that reuse the same
+work buffers, so the working memory stays bounded whatever the batch, and the CPU does not pay
+page faults for fresh memory at every block.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from models.selective_scan.layout import check_arguments, compute_dtype, group_view
+
+# Elements (Bt x K x Dn x N x L) of the state tensor processed per block; the working memory is
+# three buffers of this size (forward: two).
+BLOCK_ELEMENTS = 1 << 22
+# Cumulative log-decays are floored here: exp(-80) is still a normal float32, so no denormal
+# arithmetic (slow on many CPUs), and a contribution damped by exp(-80) is far below precision.
+LOG_DECAY_FLOOR = -80.0
+
+
+def chunk_length(length):
+    """Steps per chunk: the power of two nearest sqrt(L) (T + L/T Python steps is then smallest), 8..256."""
+    return int(min(256, max(8, 2 ** round(math.log2(max(length, 1)) / 2))))
+
+
+class _Workspace:
+    """Named work buffers reused by every block of one call (blocks come largest first)."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def take(self, name, shape, like):
+        """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device."""
+        numel = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self.buffers[name] = like.new_empty(numel)
+        return buffer[:numel].view(shape)
+
+
+def _to_chunks(x, chunk):
+    """(Bt, K, X, L) -> contiguous (T, Bt, K, nc, X), zero-padded at the end to nc*T steps."""
+    pad = -x.shape[-1] % chunk
+    if pad:
+        x = F.pad(x, (0, pad))
+    bt, groups, width, padded = x.shape
+    return x.reshape(bt, groups, width, padded // chunk, chunk).permute(4, 0, 1, 3, 2).contiguous()
+
+
+def _from_chunks(x, length):
+    """(T, Bt, K, nc, X) -> (Bt, K, X, L), dropping the padding."""
+    chunk, bt, groups, nc, width = x.shape
+    return x.permute(1, 2, 4, 3, 0).reshape(bt, groups, width, nc * chunk)[..., :length]
+
+
+def _state_sum(x, weight):
+    """sum_n weight[..., n, :] * x[..., n, :]: (..., N, Dn) states, weight broadcastable -> (..., Dn)."""
+    total = x[..., 0, :] * weight[..., 0, :]
+    for n in range(1, x.shape[-2]):
+        total.addcmul_(x[..., n, :], weight[..., n, :])
+    return total
+
+
+def _channel_sum(x, weight):
+    """sum_d x[..., :, d] * weight[..., d]: (..., N, Dn) states, (..., Dn) weight -> (..., N)."""
+    return torch.matmul(x, weight[..., None])[..., 0]
+
+
+def _scan_chunks(steps, a, drive, signal, reverse, out, work):
+    """States of h_t = exp(steps_t * a) h_{t-1} + drive_t * signal_t (h_{t+1} if reverse), h zero outside.
+
+    steps, drive: (T, Bt, K, nc, Dn); a: (K, N, Dn); signal: (T, Bt, K, nc, N); out, work: uninitialised
+    (T, Bt, K, nc, N, Dn) buffers. Returns ``out`` filled with the states; ``work`` is overwritten.
+    """
+    chunk, nc = steps.shape[0], steps.shape[3]
+    log_decay, h = work, out
+    torch.mul(steps[..., None, :], a[:, None], out=log_decay)
+    torch.mul(drive[..., None, :], signal[..., None], out=h)
+    # Inside every chunk at once: local states from a zero start, and cumulative log-decays.
+    step_decay = torch.empty_like(log_decay[0])
+    order = range(chunk - 2, -1, -1) if reverse else range(1, chunk)
+    for t in order:
+        prev = t + 1 if reverse else t - 1
+        h[t].addcmul_(torch.exp(log_decay[t], out=step_decay), h[prev])
+        log_decay[t].add_(log_decay[prev])
+    decay = log_decay.clamp_(min=LOG_DECAY_FLOOR).exp_()
+    # Across chunks: the state entering chunk k (zero for the first one).
+    edge = 0 if reverse else chunk - 1
+    entering = h.new_zeros((nc,) + h.shape[1:3] + h.shape[4:])  # (nc, Bt, K, N, Dn)
+    order = range(nc - 2, -1, -1) if reverse else range(1, nc)
+    for k in order:
+        prev = k + 1 if reverse else k - 1
+        torch.addcmul(h[edge, :, :, prev], decay[edge, :, :, prev], entering[prev], out=entering[k])
+    h.addcmul_(decay, entering.permute(1, 2, 0, 3, 4))
+    return h
+
+
+def _step_sizes(delta, delta_bias, delta_softplus):
+    """dt = softplus(delta + delta_bias) (or without softplus) and d dt / d(delta + delta_bias)."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        return F.softplus(delta), torch.sigmoid(delta)
+    return delta, None
+
+
+def _forward_block(u, delta, a, B, C, delta_bias, delta_softplus, chunk, workspace):
+    """y without the D skip for one block. u, delta: (Bt, K, Dn, L); a: (K, N, Dn); B, C: (Bt, K, N, L)."""
+    dt, _ = _step_sizes(delta, delta_bias, delta_softplus)
+    steps = _to_chunks(dt, chunk)
+    shape = steps.shape[:4] + a.shape[1:]
+    h = _scan_chunks(steps, a, _to_chunks(dt * u, chunk), _to_chunks(B, chunk), False,
+                     workspace.take("h", shape, u), workspace.take("work", shape, u))
+    return _from_chunks(_state_sum(h, _to_chunks(C, chunk)[..., None]), u.shape[-1])
+
+
+def _backward_block(grad_y, u, delta, a, B, C, delta_bias, delta_softplus, chunk, workspace):
+    """Gradients of one block (shapes as in _forward_block; grad_y like u).
+
+    Returns grad_u, grad_delta (Bt, K, Dn, L), grad_a (K, N, Dn), grad_B, grad_C (Bt, K, N, L).
+    """
+    length = u.shape[-1]
+    dt, dsoftplus = _step_sizes(delta, delta_bias, delta_softplus)
+    steps, dtu = _to_chunks(dt, chunk), _to_chunks(dt * u, chunk)
+    b_chunks, c_chunks, gy = _to_chunks(B, chunk), _to_chunks(C, chunk), _to_chunks(grad_y, chunk)
+    shape = steps.shape[:4] + a.shape[1:]
+    work = workspace.take("work", shape, u)
+    h = _scan_chunks(steps, a, dtu, b_chunks, False, workspace.take("h", shape, u), work)
+    grad_c = _channel_sum(h, gy)
+    # Adjoint: lam_t = C_t grad_y_t + exp(dt_{t+1} A) lam_{t+1}.
+    next_steps = _to_chunks(F.pad(dt[..., 1:], (0, 1)), chunk)
+    lam = _scan_chunks(next_steps, a, gy, c_chunks, True, workspace.take("lam", shape, u), work)
+    # d loss / d(dt_t A) = lam_t exp(dt_t A) h_{t-1} = lam_t (h_t - dt_t u_t B_t).
+    drive = torch.mul(dtu[..., None, :], b_chunks[..., None], out=work)
+    q = h.sub_(drive).mul_(lam)
+    grad_steps = _state_sum(q, a[:, None])
+    grad_a = q.mul_(steps[..., None, :]).sum(0).sum((0, 2))
+    lam_b = _state_sum(lam, b_chunks[..., None])
+    grad_b = _channel_sum(lam, dtu)
+    grad_u = _from_chunks(lam_b * steps, length)
+    grad_dt = _from_chunks(grad_steps.addcmul_(lam_b, _to_chunks(u, chunk)), length)
+    grad_delta = grad_dt * dsoftplus if delta_softplus else grad_dt
+    return grad_u, grad_delta, grad_a, _from_chunks(grad_b, length), _from_chunks(grad_c, length)
+
+
+def _blocks(bt, groups, width, length, n, block_elements):
+    """Yield (batch slice, channel-in-group slice) covering the input with about block_elements states each."""
+    per_channel = groups * n * length
+    if per_channel * width <= block_elements:
+        batch_step, width_step = max(1, block_elements // (per_channel * width)), width
+    else:
+        batch_step, width_step = 1, max(1, block_elements // per_channel)
+    for b0 in range(0, bt, batch_step):
+        for d0 in range(0, width, width_step):
+            yield slice(b0, b0 + batch_step), slice(d0, d0 + width_step)
+
+
+def _grouped_inputs(u, delta, A, B, C, delta_bias, grad_y=None):
+    """Inputs in the compute dtype, channels split by group: u, delta (and grad_y) (Bt, K, Dn, L),
+    a (K, N, Dn), B, C (Bt, K, N, L), bias (K, Dn) or None."""
+    dtype = compute_dtype(u)
+    groups, n = B.shape[1], B.shape[2]
+    grouped = [group_view(x.to(dtype), groups) for x in (u, delta)]
+    a = A.to(dtype).reshape(groups, -1, n).transpose(1, 2)
+    bias = None if delta_bias is None else delta_bias.to(dtype).reshape(groups, -1)
+    extra = [] if grad_y is None else [group_view(grad_y.to(dtype), groups)]
+    return grouped + [a, B.to(dtype), C.to(dtype), bias] + extra
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """Autograd wrapper; computes in float32 (float64 for float64 inputs) even under autocast."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, block_elements):
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.options = (delta_softplus, chunk, block_elements)
+        with torch.autocast(u.device.type, enabled=False):
+            uf, df, a, Bf, Cf, bias = _grouped_inputs(u, delta, A, B, C, delta_bias)
+            workspace = _Workspace()
+            y = uf.new_empty(uf.shape)
+            for bs, ds in _blocks(*uf.shape, a.shape[1], block_elements):
+                y[bs, :, ds] = _forward_block(uf[bs, :, ds], df[bs, :, ds], a[..., ds], Bf[bs], Cf[bs],
+                                              None if bias is None else bias[:, ds], delta_softplus, chunk, workspace)
+            y = y.reshape(u.shape)
+            if D is not None:
+                y = y.addcmul_(D.to(y.dtype)[:, None], uf.reshape(u.shape))
+        return y.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        delta_softplus, chunk, block_elements = ctx.options
+        with torch.autocast(u.device.type, enabled=False):
+            uf, df, a, Bf, Cf, bias, gy = _grouped_inputs(u, delta, A, B, C, delta_bias, grad_y)
+            workspace = _Workspace()
+            grad_u, grad_delta = uf.new_empty(uf.shape), uf.new_empty(uf.shape)
+            grad_a, grad_b, grad_c = torch.zeros_like(a), torch.zeros_like(Bf), torch.zeros_like(Cf)
+            for bs, ds in _blocks(*uf.shape, a.shape[1], block_elements):
+                gu, gd, ga, gb, gc = _backward_block(
+                    gy[bs, :, ds], uf[bs, :, ds], df[bs, :, ds], a[..., ds], Bf[bs], Cf[bs],
+                    None if bias is None else bias[:, ds], delta_softplus, chunk, workspace)
+                grad_u[bs, :, ds], grad_delta[bs, :, ds] = gu, gd
+                grad_a[..., ds] += ga
+                grad_b[bs] += gb
+                grad_c[bs] += gc
+            grad_u, grad_delta = grad_u.reshape(u.shape), grad_delta.reshape(u.shape)
+            grad_d = None
+            if D is not None:
+                gyf = gy.reshape(u.shape)
+                grad_u.addcmul_(D.to(gyf.dtype)[:, None], gyf)
+                grad_d = (gyf * uf.reshape(u.shape)).sum((0, 2)).to(D.dtype)
+            grad_bias = None if delta_bias is None else grad_delta.sum((0, 2)).to(delta_bias.dtype)
+        return (grad_u.to(u.dtype), grad_delta.to(delta.dtype), grad_a.transpose(1, 2).reshape(A.shape).to(A.dtype),
+                grad_b.to(B.dtype), grad_c.to(C.dtype), grad_d, grad_bias, None, None, None)
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True,
+                           chunk=None, block_elements=BLOCK_ELEMENTS):
+    """Chunked selective scan with the layout and result of ``selective_scan_ref``.
+
+    u, delta: (Bt, K*Dn, L); A: (K*Dn, N); B, C: (Bt, K, N, L) or (Bt, N, L); D, delta_bias: (K*Dn,)
+    or None. chunk: steps per chunk (default ``chunk_length(L)``); block_elements: states per block.
+    Returns y (Bt, K*Dn, L) in u's dtype.
+    """
+    B, C = check_arguments(u, delta, A, B, C, D, delta_bias)
+    chunk = chunk or chunk_length(u.shape[-1])
+    return _ChunkedScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, block_elements)
