@@ -82,6 +82,24 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples
 
 
+def batches(loader):
+    """Iterate ``loader``; a ``UserError`` raised in a worker process (which the DataLoader re-raises
+    with the worker's traceback in its message) comes out as the original one-line error."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except UserError as err:
+            text = str(err)
+            if not text.startswith("Caught "):
+                raise
+            # The traceback's last line is "utils.errors.UserError: <the message>".
+            raise UserError(text.strip().splitlines()[-1].split(": ", 1)[-1]) from None
+        yield batch
+
+
 def build_train_loader(dataset, batch_size, num_workers, seed, rank=0, world_size=1, pin_memory=False):
     """(loader, sampler, iterations per epoch) for exact-resume training (incomplete last batch dropped)."""
     samples = SeededSamples(dataset, seed)

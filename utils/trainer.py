@@ -31,7 +31,7 @@ from utils.ema import ModelEMA
 from utils.errors import UserError
 from utils.image_tensor import to_uint8
 from utils.metrics import evaluate_pair
-from utils.train_data import build_train_loader
+from utils.train_data import batches, build_train_loader
 from utils.train_logging import TrainLogger
 
 log = logging.getLogger("hybrimamba")
@@ -293,7 +293,7 @@ class Trainer:
             bar = tqdm(total=self.iters_per_epoch, initial=self.batch_in_epoch, unit="it", mininterval=1.0,
                        desc=f"epoch {self.epoch + 1}/{opt.total_epochs}", disable=not self.plan.is_main,
                        dynamic_ncols=True, leave=False)
-            for batch in self.loader:
+            for batch in batches(self.loader):
                 loss, sr = self.train_step(batch)
                 self.iteration += 1
                 self.batch_in_epoch += 1
@@ -357,7 +357,8 @@ class Trainer:
         was_training = net.training
         net.eval()
         scores = []
-        for batch in tqdm(self.val_loader, desc="validation", leave=False, disable=not self.plan.is_main):
+        for batch in tqdm(batches(self.val_loader), total=len(self.val_loader), desc="validation", leave=False,
+                          disable=not self.plan.is_main):
             with self.autocast():
                 sr = net(batch["LR"].to(self.device))
             scores += [evaluate_pair(gt, out) for gt, out in zip(to_uint8(batch["HR"]), to_uint8(sr))]
