@@ -154,6 +154,17 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, faces6, worke
     assert not torch.equal(a["model"]["shallow.0.weight"], first_half["model"]["shallow.0.weight"])
 
 
+def test_bf16_autocast_trains_float32_weights_and_fp16_needs_cuda(tmp_path, faces6):
+    trainer = run_training(tmp_path, faces6, "bf16", "--amp", "bf16", "--max_iters", "2", "--ema", "0.5")
+    state = load_checkpoint(tmp_path / "ckpt" / "bf16" / "latest.pt")
+    assert state["iteration"] == 2 and state["options"]["amp"] == "bf16"
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state["model"].values()
+               if v.is_floating_point())
+    assert trainer.amp_dtype == torch.bfloat16
+    with pytest.raises(UserError, match="--amp fp16 needs CUDA"):
+        run_training(tmp_path, faces6, "fp16", "--amp", "fp16", "--max_iters", "1")
+
+
 def test_continue_train_without_checkpoint_is_a_user_error(tmp_path, faces6):
     with pytest.raises(UserError, match="latest.pt: no such checkpoint file"):
         run_training(tmp_path, faces6, "nothing", "--continue_train", "--max_iters", "1")
