@@ -1,11 +1,13 @@
 """Train HybriMamba (see `python train.py --help`; single device, DataParallel, or DDP under torchrun)."""
 from options import TrainOptions
 from utils.errors import run_cli
-from utils.trainer import train
 
 
 def main(argv=None):
-    train(TrainOptions().parse(argv))
+    opt = TrainOptions().parse(argv)
+    # Imported after parsing, so --help and option errors answer without loading torch.
+    from utils.trainer import train
+    train(opt)
     return 0
 
 
