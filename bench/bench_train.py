@@ -113,7 +113,8 @@ def main(argv=None):
             print(f"{batch:>5} {backend:>7} {amp:>5}  timed out after {args.case_timeout:.0f} s", flush=True)
             continue
         if done.returncode != 0:
-            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            killed = f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else "no output"
+            reason = (done.stderr.strip().splitlines() or [killed])[-1]
             print(f"{batch:>5} {backend:>7} {amp:>5}  failed: {reason}", flush=True)
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
