@@ -11,6 +11,7 @@ work buffers, so the working memory stays bounded whatever the batch, and the CP
 page faults for fresh memory at every block.
 """
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ def chunk_length(length):
 
 
 class _Workspace:
-    """Named work buffers reused by every block of one call (blocks come largest first)."""
+    """Named work buffers reused by every block of a call (blocks come largest first)."""
 
     def __init__(self):
         self.buffers = {}
@@ -40,9 +41,23 @@ class _Workspace:
         """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device."""
         numel = math.prod(shape)
         buffer = self.buffers.get(name)
-        if buffer is None or buffer.numel() < numel:
+        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype:
             buffer = self.buffers[name] = like.new_empty(numel)
         return buffer[:numel].view(shape)
+
+
+_cpu_workspaces = threading.local()
+
+
+def _workspace(device):
+    """The work buffers for a call on ``device``. On CPU they are kept per thread between calls (at most
+    three blocks, 48 MB in float32): fresh memory from the OS costs a page fault per 4 kB, which took a
+    large share of the scan's time. CUDA's caching allocator already reuses memory."""
+    if device.type != "cpu":
+        return _Workspace()
+    if not hasattr(_cpu_workspaces, "workspace"):
+        _cpu_workspaces.workspace = _Workspace()
+    return _cpu_workspaces.workspace
 
 
 def _to_chunks(x, chunk):
@@ -111,17 +126,18 @@ def _step_sizes(delta, delta_bias, delta_softplus):
     return delta, None
 
 
-def _forward_block(u, delta, a, B, C, delta_bias, delta_softplus, chunk, workspace):
-    """y without the D skip for one block. u, delta: (Bt, K, Dn, L); a: (K, N, Dn); B, C: (Bt, K, N, L)."""
+def _forward_block(u, delta, a, b_chunks, c_chunks, delta_bias, delta_softplus, chunk, workspace):
+    """y without the D skip for one block. u, delta: (Bt, K, Dn, L); a: (K, N, Dn);
+    b_chunks, c_chunks: B, C in chunk layout (T, Bt, K, nc, N). Returns (Bt, K, Dn, L)."""
     dt, _ = _step_sizes(delta, delta_bias, delta_softplus)
     steps = _to_chunks(dt, chunk)
     shape = steps.shape[:4] + a.shape[1:]
-    h = _scan_chunks(steps, a, _to_chunks(dt * u, chunk), _to_chunks(B, chunk), False,
+    h = _scan_chunks(steps, a, _to_chunks(dt * u, chunk), b_chunks, False,
                      workspace.take("h", shape, u), workspace.take("work", shape, u))
-    return _from_chunks(_state_sum(h, _to_chunks(C, chunk)[..., None]), u.shape[-1])
+    return _from_chunks(_state_sum(h, c_chunks[..., None]), u.shape[-1])
 
 
-def _backward_block(grad_y, u, delta, a, B, C, delta_bias, delta_softplus, chunk, workspace):
+def _backward_block(grad_y, u, delta, a, b_chunks, c_chunks, delta_bias, delta_softplus, chunk, workspace):
     """Gradients of one block (shapes as in _forward_block; grad_y like u).
 
     Returns grad_u, grad_delta (Bt, K, Dn, L), grad_a (K, N, Dn), grad_B, grad_C (Bt, K, N, L).
@@ -129,7 +145,7 @@ def _backward_block(grad_y, u, delta, a, B, C, delta_bias, delta_softplus, chunk
     length = u.shape[-1]
     dt, dsoftplus = _step_sizes(delta, delta_bias, delta_softplus)
     steps, dtu = _to_chunks(dt, chunk), _to_chunks(dt * u, chunk)
-    b_chunks, c_chunks, gy = _to_chunks(B, chunk), _to_chunks(C, chunk), _to_chunks(grad_y, chunk)
+    gy = _to_chunks(grad_y, chunk)
     shape = steps.shape[:4] + a.shape[1:]
     work = workspace.take("work", shape, u)
     h = _scan_chunks(steps, a, dtu, b_chunks, False, workspace.take("h", shape, u), work)
@@ -151,15 +167,15 @@ def _backward_block(grad_y, u, delta, a, B, C, delta_bias, delta_softplus, chunk
 
 
 def _blocks(bt, groups, width, length, n, block_elements):
-    """Yield (batch slice, channel-in-group slice) covering the input with about block_elements states each."""
+    """Yield (batch slice, channel-in-group slices) covering the input with about block_elements states per block."""
     per_channel = groups * n * length
     if per_channel * width <= block_elements:
         batch_step, width_step = max(1, block_elements // (per_channel * width)), width
     else:
         batch_step, width_step = 1, max(1, block_elements // per_channel)
+    widths = [slice(d0, d0 + width_step) for d0 in range(0, width, width_step)]
     for b0 in range(0, bt, batch_step):
-        for d0 in range(0, width, width_step):
-            yield slice(b0, b0 + batch_step), slice(d0, d0 + width_step)
+        yield slice(b0, b0 + batch_step), widths
 
 
 def _grouped_inputs(u, delta, A, B, C, delta_bias, grad_y=None):
@@ -183,11 +199,14 @@ class _ChunkedScan(torch.autograd.Function):
         ctx.options = (delta_softplus, chunk, block_elements)
         with torch.autocast(u.device.type, enabled=False):
             uf, df, a, Bf, Cf, bias = _grouped_inputs(u, delta, A, B, C, delta_bias)
-            workspace = _Workspace()
+            workspace = _workspace(u.device)
             y = uf.new_empty(uf.shape)
-            for bs, ds in _blocks(*uf.shape, a.shape[1], block_elements):
-                y[bs, :, ds] = _forward_block(uf[bs, :, ds], df[bs, :, ds], a[..., ds], Bf[bs], Cf[bs],
-                                              None if bias is None else bias[:, ds], delta_softplus, chunk, workspace)
+            for bs, widths in _blocks(*uf.shape, a.shape[1], block_elements):
+                b_chunks, c_chunks = _to_chunks(Bf[bs], chunk), _to_chunks(Cf[bs], chunk)
+                for ds in widths:
+                    y[bs, :, ds] = _forward_block(uf[bs, :, ds], df[bs, :, ds], a[..., ds], b_chunks, c_chunks,
+                                                  None if bias is None else bias[:, ds], delta_softplus, chunk,
+                                                  workspace)
             y = y.reshape(u.shape)
             if D is not None:
                 y = y.addcmul_(D.to(y.dtype)[:, None], uf.reshape(u.shape))
@@ -199,17 +218,19 @@ class _ChunkedScan(torch.autograd.Function):
         delta_softplus, chunk, block_elements = ctx.options
         with torch.autocast(u.device.type, enabled=False):
             uf, df, a, Bf, Cf, bias, gy = _grouped_inputs(u, delta, A, B, C, delta_bias, grad_y)
-            workspace = _Workspace()
+            workspace = _workspace(u.device)
             grad_u, grad_delta = uf.new_empty(uf.shape), uf.new_empty(uf.shape)
             grad_a, grad_b, grad_c = torch.zeros_like(a), torch.zeros_like(Bf), torch.zeros_like(Cf)
-            for bs, ds in _blocks(*uf.shape, a.shape[1], block_elements):
-                gu, gd, ga, gb, gc = _backward_block(
-                    gy[bs, :, ds], uf[bs, :, ds], df[bs, :, ds], a[..., ds], Bf[bs], Cf[bs],
-                    None if bias is None else bias[:, ds], delta_softplus, chunk, workspace)
-                grad_u[bs, :, ds], grad_delta[bs, :, ds] = gu, gd
-                grad_a[..., ds] += ga
-                grad_b[bs] += gb
-                grad_c[bs] += gc
+            for bs, widths in _blocks(*uf.shape, a.shape[1], block_elements):
+                b_chunks, c_chunks = _to_chunks(Bf[bs], chunk), _to_chunks(Cf[bs], chunk)
+                for ds in widths:
+                    gu, gd, ga, gb, gc = _backward_block(
+                        gy[bs, :, ds], uf[bs, :, ds], df[bs, :, ds], a[..., ds], b_chunks, c_chunks,
+                        None if bias is None else bias[:, ds], delta_softplus, chunk, workspace)
+                    grad_u[bs, :, ds], grad_delta[bs, :, ds] = gu, gd
+                    grad_a[..., ds] += ga
+                    grad_b[bs] += gb
+                    grad_c[bs] += gc
             grad_u, grad_delta = grad_u.reshape(u.shape), grad_delta.reshape(u.shape)
             grad_d = None
             if D is not None:

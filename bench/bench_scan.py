@@ -1,0 +1,180 @@
+"""Benchmark of the selective-scan backends: the chunked `torch` scan against the sequential `ref` loop.
+
+For the stage shapes of the network (ARCHITECTURE.md section 2, K=4 directions, N=8 states) it
+prints forward and forward+backward wall time and peak memory of both backends side by side,
+the speed-ups, and their geometric mean. Every (shape, batch, backend) case runs in its own
+subprocess, so on CPU the peak memory is that process's peak resident set size (ru_maxrss)
+above its size once the inputs exist; on CUDA it is torch.cuda.max_memory_allocated above the
+inputs. Times are the minimum over the repeats (the least disturbed by other load).
+
+    python bench/bench_scan.py [--quick] [--device cpu|cuda] [--batch 1 8] [--threads N]
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# (L, K*Dn) of the stages at 128x128: H*W tokens, four directions of d_inner channels.
+STAGE_SHAPES = ((16384, 192), (4096, 384), (1024, 768), (1024, 1536))
+GROUPS, STATES = 4, 8
+TARGET_SPEEDUP, TARGET_MEMORY_RATIO = 3.0, 0.5
+CASE_TIME_BUDGET_S = 30.0  # stop repeating a case once it has run this long
+
+
+def make_inputs(batch, length, channels, device):
+    """Scan inputs like the network's at initialisation (dt in [1e-3, 1e-1], A = -[1..N])."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    dt = torch.exp(torch.rand(channels, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    inputs = {
+        "u": torch.randn(batch, channels, length, generator=g),
+        "delta": torch.randn(batch, channels, length, generator=g) * 0.5,
+        "A": -torch.arange(1, STATES + 1, dtype=torch.float32).repeat(channels, 1),
+        "B": torch.randn(batch, GROUPS, STATES, length, generator=g),
+        "C": torch.randn(batch, GROUPS, STATES, length, generator=g),
+        "D": torch.ones(channels),
+        "delta_bias": dt + torch.log(-torch.expm1(-dt)),
+    }
+    return {k: v.to(device).requires_grad_() for k, v in inputs.items()}
+
+
+def rss_mb():
+    """Current resident set size of this process in MB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+
+
+def run_case(backend, batch, length, channels, device, repeats):
+    """Measure one case in this process: {'fwd_s', 'fwdbwd_s', 'peak_mb'}."""
+    import torch
+
+    from models.selective_scan import selective_scan
+
+    cuda = device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    inputs = make_inputs(batch, length, channels, device)
+    weights = torch.randn(batch, channels, length, device=device)
+
+    def forward():
+        return selective_scan(**inputs, delta_softplus=True, backend=backend)
+
+    def forward_backward():
+        forward().backward(weights)
+
+    # A tiny call first loads the libraries' code and thread pools, which are no working memory.
+    small = make_inputs(1, 64, GROUPS * 2, device)
+    selective_scan(**small, backend=backend).sum().backward()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss_mb()
+    forward_backward()  # first run: the peak memory, and the warm-up
+    sync()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else peak_rss_mb() - base
+
+    def best_time(fn):
+        best, spent = math.inf, 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            sync()
+            elapsed = time.perf_counter() - start
+            best, spent = min(best, elapsed), spent + elapsed
+            if spent > CASE_TIME_BUDGET_S:
+                break
+        return best
+
+    return {"fwd_s": best_time(forward), "fwdbwd_s": best_time(forward_backward), "peak_mb": peak}
+
+
+def measure(backend, batch, length, channels, args):
+    """Run one case in a fresh subprocess (honest peak memory) and return its measurements."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", backend, str(batch), str(length),
+               str(channels), "--device", args.device, "--repeats", str(args.repeats)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"benchmark case {backend} B={batch} L={length} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def format_row(cells, widths):
+    return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 8; --quick: 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case, best kept (default 3; --quick: 1)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="batch 1 only, one timed run per case")
+    parser.add_argument("--worker", nargs=4, metavar=("BACKEND", "BATCH", "L", "CHANNELS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        backend, batch, length, channels = args.worker[0], *map(int, args.worker[1:])
+        print(json.dumps(run_case(backend, batch, length, channels, args.device, args.repeats)))
+        return 0
+
+    import torch
+    from tqdm import tqdm
+
+    batches = args.batch or ([1] if args.quick else [1, 8])
+    cases = [(b, length, ch) for b in batches for length, ch in STAGE_SHAPES]
+    threads = args.threads or torch.get_num_threads()
+    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {threads} threads"
+    print(f"selective scan, K={GROUPS} N={STATES}, {device_name}; times: best of {args.repeats}, "
+          f"memory: peak above the inputs")
+    header = ["B", "L", "K*Dn", "ref fwd ms", "torch fwd ms", "fwd x", "ref f+b ms", "torch f+b ms", "f+b x",
+              "ref MB", "torch MB", "mem ratio"]
+    widths = [max(len(h), 5) for h in header]
+    rows, speedups, ratios = [], [], []
+    for batch, length, channels in tqdm(cases, desc="cases", file=sys.stderr):
+        ref = measure("ref", batch, length, channels, args)
+        fast = measure("torch", batch, length, channels, args)
+        speedups.append(ref["fwdbwd_s"] / fast["fwdbwd_s"])
+        ratios.append(fast["peak_mb"] / ref["peak_mb"])
+        rows.append([batch, length, channels, f"{ref['fwd_s'] * 1e3:.0f}", f"{fast['fwd_s'] * 1e3:.0f}",
+                     f"{ref['fwd_s'] / fast['fwd_s']:.1f}", f"{ref['fwdbwd_s'] * 1e3:.0f}",
+                     f"{fast['fwdbwd_s'] * 1e3:.0f}", f"{speedups[-1]:.1f}", f"{ref['peak_mb']:.0f}",
+                     f"{fast['peak_mb']:.0f}", f"{ratios[-1]:.2f}"])
+        tqdm.write(format_row(rows[-1], widths), file=sys.stderr)
+    print(format_row(header, widths))
+    for row in rows:
+        print(format_row(row, widths))
+    geomean = math.exp(sum(map(math.log, speedups)) / len(speedups))
+    met = geomean >= TARGET_SPEEDUP and min(speedups) >= 1.0 and max(ratios) <= TARGET_MEMORY_RATIO
+    print(f"fwd+bwd speed-up torch vs ref: geometric mean {geomean:.2f}x, min {min(speedups):.2f}x; "
+          f"peak memory torch/ref: max {max(ratios):.2f}")
+    print(f"target (>= {TARGET_SPEEDUP:g}x geometric mean, never slower, <= {TARGET_MEMORY_RATIO:g} memory): "
+          f"{'met' if met else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
