@@ -19,8 +19,12 @@ import torch.nn.functional as F
 from models.selective_scan.layout import check_arguments, compute_dtype, group_view
 
 # Elements (Bt x K x Dn x N x L) of the state tensor processed per block; the working memory is
-# three buffers of this size (forward: two).
-BLOCK_ELEMENTS = 1 << 22
+# three buffers of this size (forward: two). On CPU 2**21 (8 MB float32 buffers) measured as fast as
+# larger blocks up to L=4096; as every block costs T + nc Python steps, long sequences get at least
+# STATES_PER_STEP states per step. GPUs get large blocks: each Python step is a kernel launch.
+CPU_BLOCK_ELEMENTS = 1 << 21
+STATES_PER_STEP = 1 << 14
+GPU_BLOCK_ELEMENTS = 1 << 25
 # Cumulative log-decays are floored here: exp(-80) is still a normal float32, so no denormal
 # arithmetic (slow on many CPUs), and a contribution damped by exp(-80) is far below precision.
 LOG_DECAY_FLOOR = -80.0
@@ -29,6 +33,13 @@ LOG_DECAY_FLOOR = -80.0
 def chunk_length(length):
     """Steps per chunk: the power of two nearest sqrt(L) (T + L/T Python steps is then smallest), 8..256."""
     return int(min(256, max(8, 2 ** round(math.log2(max(length, 1)) / 2))))
+
+
+def default_block_elements(device, length, chunk):
+    """States per block for a scan of ``length`` steps in chunks of ``chunk`` on ``device``."""
+    if torch.device(device).type != "cpu":
+        return GPU_BLOCK_ELEMENTS
+    return max(CPU_BLOCK_ELEMENTS, STATES_PER_STEP * (chunk + -(-length // chunk)))
 
 
 class _Workspace:
@@ -50,9 +61,9 @@ _cpu_workspaces = threading.local()
 
 
 def _workspace(device):
-    """The work buffers for a call on ``device``. On CPU they are kept per thread between calls (at most
-    three blocks, 48 MB in float32): fresh memory from the OS costs a page fault per 4 kB, which took a
-    large share of the scan's time. CUDA's caching allocator already reuses memory."""
+    """The work buffers for a call on ``device``. On CPU they are kept per thread between calls (three
+    blocks, 24-48 MB in float32 at the network's sizes): fresh memory from the OS costs a page fault per
+    4 kB, which took a large share of the scan's time. CUDA's caching allocator already reuses memory."""
     if device.type != "cpu":
         return _Workspace()
     if not hasattr(_cpu_workspaces, "workspace"):
@@ -243,13 +254,15 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True,
-                           chunk=None, block_elements=BLOCK_ELEMENTS):
+                           chunk=None, block_elements=None):
     """Chunked selective scan with the layout and result of ``selective_scan_ref``.
 
     u, delta: (Bt, K*Dn, L); A: (K*Dn, N); B, C: (Bt, K, N, L) or (Bt, N, L); D, delta_bias: (K*Dn,)
-    or None. chunk: steps per chunk (default ``chunk_length(L)``); block_elements: states per block.
+    or None. chunk: steps per chunk (default ``chunk_length(L)``); block_elements: states per block
+    (default ``default_block_elements``).
     Returns y (Bt, K*Dn, L) in u's dtype.
     """
     B, C = check_arguments(u, delta, A, B, C, D, delta_bias)
     chunk = chunk or chunk_length(u.shape[-1])
+    block_elements = block_elements or default_block_elements(u.device, u.shape[-1], chunk)
     return _ChunkedScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, block_elements)
