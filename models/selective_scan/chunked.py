@@ -72,43 +72,53 @@ def _workspace(device):
 
 
 def _to_chunks(x, chunk):
-    """(Bt, K, X, L) -> contiguous (T, Bt, K, nc, X), zero-padded at the end to nc*T steps."""
+    """(Bt, K, X, L) -> contiguous (T, Bt, K, X, nc): time zero-padded to nc*T steps, step-in-chunk first.
+
+    A plain 2-D transpose (rows Bt*K*X*nc, columns T), several times cheaper than a general permute.
+    """
     pad = -x.shape[-1] % chunk
     if pad:
         x = F.pad(x, (0, pad))
     bt, groups, width, padded = x.shape
-    return x.reshape(bt, groups, width, padded // chunk, chunk).permute(4, 0, 1, 3, 2).contiguous()
+    return x.reshape(-1, chunk).t().contiguous().view(chunk, bt, groups, width, padded // chunk)
 
 
-def _from_chunks(x, length):
-    """(T, Bt, K, nc, X) -> (Bt, K, X, L), dropping the padding."""
-    chunk, bt, groups, nc, width = x.shape
-    return x.permute(1, 2, 4, 3, 0).reshape(bt, groups, width, nc * chunk)[..., :length]
+def _from_chunks(x, out):
+    """Copy (T, Bt, K, X, nc) into ``out`` (Bt, K, X, L), dropping the padding; returns ``out``."""
+    chunk, bt, groups, width, nc = x.shape
+    rows = x.reshape(chunk, -1).t()
+    if nc * chunk == out.shape[-1] and out.is_contiguous():
+        out.view(rows.shape).copy_(rows)
+    else:
+        out.copy_(rows.reshape(bt, groups, width, nc * chunk)[..., :out.shape[-1]])
+    return out
 
 
-def _state_sum(x, weight):
-    """sum_n weight[..., n, :] * x[..., n, :]: (..., N, Dn) states, weight broadcastable -> (..., Dn)."""
-    total = x[..., 0, :] * weight[..., 0, :]
-    for n in range(1, x.shape[-2]):
-        total.addcmul_(x[..., n, :], weight[..., n, :])
+def _state_sum(x, weight, out=None):
+    """sum_n x[..., n, :, :] * weight[..., n, :, :]: (..., N, Dn, nc) states, weight broadcastable
+    -> (..., Dn, nc), written into ``out`` if given."""
+    total = torch.mul(x[..., 0, :, :], weight[..., 0, :, :], out=out)
+    for n in range(1, x.shape[-3]):
+        total.addcmul_(x[..., n, :, :], weight[..., n, :, :])
     return total
 
 
-def _channel_sum(x, weight):
-    """sum_d x[..., :, d] * weight[..., d]: (..., N, Dn) states, (..., Dn) weight -> (..., N)."""
-    return torch.matmul(x, weight[..., None])[..., 0]
+def _channel_sum(x, weight, work):
+    """sum_d x[..., d, :] * weight[..., d, :]: (T, Bt, K, N, Dn, nc) states, (T, Bt, K, Dn, nc) weight
+    -> (T, Bt, K, N, nc); ``work`` (like x) holds the products."""
+    return torch.mul(x, weight[:, :, :, None], out=work).sum(-2)
 
 
 def _scan_chunks(steps, a, drive, signal, reverse, out, work):
     """States of h_t = exp(steps_t * a) h_{t-1} + drive_t * signal_t (h_{t+1} if reverse), h zero outside.
 
-    steps, drive: (T, Bt, K, nc, Dn); a: (K, N, Dn); signal: (T, Bt, K, nc, N); out, work: uninitialised
-    (T, Bt, K, nc, N, Dn) buffers. Returns ``out`` filled with the states; ``work`` is overwritten.
+    steps, drive: (T, Bt, K, Dn, nc); a: (K, N, Dn); signal: (T, Bt, K, N, nc); out, work: uninitialised
+    (T, Bt, K, N, Dn, nc) buffers. Returns ``out`` filled with the states; ``work`` is overwritten.
     """
-    chunk, nc = steps.shape[0], steps.shape[3]
+    chunk, nc = steps.shape[0], steps.shape[-1]
     log_decay, h = work, out
-    torch.mul(steps[..., None, :], a[:, None], out=log_decay)
-    torch.mul(drive[..., None, :], signal[..., None], out=h)
+    torch.mul(steps[:, :, :, None], a[..., None], out=log_decay)
+    torch.mul(drive[:, :, :, None], signal[..., None, :], out=h)
     # Inside every chunk at once: local states from a zero start, and cumulative log-decays.
     step_decay = torch.empty_like(log_decay[0])
     order = range(chunk - 2, -1, -1) if reverse else range(1, chunk)
@@ -119,12 +129,12 @@ def _scan_chunks(steps, a, drive, signal, reverse, out, work):
     decay = log_decay.clamp_(min=LOG_DECAY_FLOOR).exp_()
     # Across chunks: the state entering chunk k (zero for the first one).
     edge = 0 if reverse else chunk - 1
-    entering = h.new_zeros((nc,) + h.shape[1:3] + h.shape[4:])  # (nc, Bt, K, N, Dn)
+    entering = h.new_zeros((nc,) + h.shape[1:-1])  # (nc, Bt, K, N, Dn)
     order = range(nc - 2, -1, -1) if reverse else range(1, nc)
     for k in order:
         prev = k + 1 if reverse else k - 1
-        torch.addcmul(h[edge, :, :, prev], decay[edge, :, :, prev], entering[prev], out=entering[k])
-    h.addcmul_(decay, entering.permute(1, 2, 0, 3, 4))
+        torch.addcmul(h[edge, ..., prev], decay[edge, ..., prev], entering[prev], out=entering[k])
+    h.addcmul_(decay, entering.permute(1, 2, 3, 4, 0))
     return h
 
 
@@ -137,44 +147,39 @@ def _step_sizes(delta, delta_bias, delta_softplus):
     return delta, None
 
 
-def _forward_block(u, delta, a, b_chunks, c_chunks, delta_bias, delta_softplus, chunk, workspace):
-    """y without the D skip for one block. u, delta: (Bt, K, Dn, L); a: (K, N, Dn);
-    b_chunks, c_chunks: B, C in chunk layout (T, Bt, K, nc, N). Returns (Bt, K, Dn, L)."""
-    dt, _ = _step_sizes(delta, delta_bias, delta_softplus)
-    steps = _to_chunks(dt, chunk)
-    shape = steps.shape[:4] + a.shape[1:]
-    h = _scan_chunks(steps, a, _to_chunks(dt * u, chunk), b_chunks, False,
-                     workspace.take("h", shape, u), workspace.take("work", shape, u))
-    return _from_chunks(_state_sum(h, c_chunks[..., None]), u.shape[-1])
+def _forward_block(steps, dtu, a, b_chunks, c_chunks, workspace, out):
+    """Write y without the D skip for one block into ``out``, in chunk layout (T, Bt, K, Dn, nc).
 
-
-def _backward_block(grad_y, u, delta, a, b_chunks, c_chunks, delta_bias, delta_softplus, chunk, workspace):
-    """Gradients of one block (shapes as in _forward_block; grad_y like u).
-
-    Returns grad_u, grad_delta (Bt, K, Dn, L), grad_a (K, N, Dn), grad_B, grad_C (Bt, K, N, L).
+    steps (dt), dtu (dt*u): (T, Bt, K, Dn, nc); a: (K, N, Dn); b_chunks, c_chunks: (T, Bt, K, N, nc).
     """
-    length = u.shape[-1]
-    dt, dsoftplus = _step_sizes(delta, delta_bias, delta_softplus)
-    steps, dtu = _to_chunks(dt, chunk), _to_chunks(dt * u, chunk)
-    gy = _to_chunks(grad_y, chunk)
-    shape = steps.shape[:4] + a.shape[1:]
-    work = workspace.take("work", shape, u)
-    h = _scan_chunks(steps, a, dtu, b_chunks, False, workspace.take("h", shape, u), work)
-    grad_c = _channel_sum(h, gy)
+    shape = steps.shape[:3] + a.shape[1:] + steps.shape[-1:]
+    h = _scan_chunks(steps, a, dtu, b_chunks, False, workspace.take("h", shape, steps),
+                     workspace.take("work", shape, steps))
+    _state_sum(h, c_chunks[..., None, :], out=out)
+
+
+def _backward_block(gy, steps, next_steps, dtu, u, a, b_chunks, c_chunks, workspace, grad_u, grad_dt):
+    """Gradients of one block, all in chunk layout. gy, steps (dt), next_steps (dt one step later),
+    dtu (dt*u), u: (T, Bt, K, Dn, nc); a: (K, N, Dn); b_chunks, c_chunks: (T, Bt, K, N, nc).
+
+    Writes grad_u, grad_dt (T, Bt, K, Dn, nc); returns grad_a (K, N, Dn), grad_B, grad_C (T, Bt, K, N, nc).
+    """
+    shape = steps.shape[:3] + a.shape[1:] + steps.shape[-1:]
+    work = workspace.take("work", shape, steps)
+    h = _scan_chunks(steps, a, dtu, b_chunks, False, workspace.take("h", shape, steps), work)
+    grad_c = _channel_sum(h, gy, work)
     # Adjoint: lam_t = C_t grad_y_t + exp(dt_{t+1} A) lam_{t+1}.
-    next_steps = _to_chunks(F.pad(dt[..., 1:], (0, 1)), chunk)
-    lam = _scan_chunks(next_steps, a, gy, c_chunks, True, workspace.take("lam", shape, u), work)
+    lam = _scan_chunks(next_steps, a, gy, c_chunks, True, workspace.take("lam", shape, steps), work)
     # d loss / d(dt_t A) = lam_t exp(dt_t A) h_{t-1} = lam_t (h_t - dt_t u_t B_t).
-    drive = torch.mul(dtu[..., None, :], b_chunks[..., None], out=work)
+    drive = torch.mul(dtu[:, :, :, None], b_chunks[..., None, :], out=work)
     q = h.sub_(drive).mul_(lam)
-    grad_steps = _state_sum(q, a[:, None])
-    grad_a = q.mul_(steps[..., None, :]).sum(0).sum((0, 2))
-    lam_b = _state_sum(lam, b_chunks[..., None])
-    grad_b = _channel_sum(lam, dtu)
-    grad_u = _from_chunks(lam_b * steps, length)
-    grad_dt = _from_chunks(grad_steps.addcmul_(lam_b, _to_chunks(u, chunk)), length)
-    grad_delta = grad_dt * dsoftplus if delta_softplus else grad_dt
-    return grad_u, grad_delta, grad_a, _from_chunks(grad_b, length), _from_chunks(grad_c, length)
+    _state_sum(q, a[..., None], out=grad_dt)
+    grad_a = q.mul_(steps[:, :, :, None]).sum(0).sum((0, -1))
+    lam_b = _state_sum(lam, b_chunks[..., None, :])
+    grad_b = _channel_sum(lam, dtu, work)
+    torch.mul(lam_b, steps, out=grad_u)
+    grad_dt.addcmul_(lam_b, u)
+    return grad_a, grad_b, grad_c
 
 
 def _blocks(bt, groups, width, length, n, block_elements):
@@ -194,10 +199,10 @@ def _grouped_inputs(u, delta, A, B, C, delta_bias, grad_y=None):
     a (K, N, Dn), B, C (Bt, K, N, L), bias (K, Dn) or None."""
     dtype = compute_dtype(u)
     groups, n = B.shape[1], B.shape[2]
-    grouped = [group_view(x.to(dtype), groups) for x in (u, delta)]
+    grouped = [group_view(x.to(dtype), groups).contiguous() for x in (u, delta)]
     a = A.to(dtype).reshape(groups, -1, n).transpose(1, 2)
     bias = None if delta_bias is None else delta_bias.to(dtype).reshape(groups, -1)
-    extra = [] if grad_y is None else [group_view(grad_y.to(dtype), groups)]
+    extra = [] if grad_y is None else [group_view(grad_y.to(dtype), groups).contiguous()]
     return grouped + [a, B.to(dtype), C.to(dtype), bias] + extra
 
 
@@ -211,16 +216,19 @@ class _ChunkedScan(torch.autograd.Function):
         with torch.autocast(u.device.type, enabled=False):
             uf, df, a, Bf, Cf, bias = _grouped_inputs(u, delta, A, B, C, delta_bias)
             workspace = _workspace(u.device)
-            y = uf.new_empty(uf.shape)
+            y = torch.empty_like(uf)
             for bs, widths in _blocks(*uf.shape, a.shape[1], block_elements):
+                dt, _ = _step_sizes(df[bs], bias, delta_softplus)
+                steps, dtu = _to_chunks(dt, chunk), _to_chunks(dt * uf[bs], chunk)
                 b_chunks, c_chunks = _to_chunks(Bf[bs], chunk), _to_chunks(Cf[bs], chunk)
+                y_chunks = torch.empty_like(steps)
                 for ds in widths:
-                    y[bs, :, ds] = _forward_block(uf[bs, :, ds], df[bs, :, ds], a[..., ds], b_chunks, c_chunks,
-                                                  None if bias is None else bias[:, ds], delta_softplus, chunk,
-                                                  workspace)
-            y = y.reshape(u.shape)
+                    _forward_block(steps[:, :, :, ds], dtu[:, :, :, ds], a[..., ds], b_chunks, c_chunks,
+                                   workspace, out=y_chunks[:, :, :, ds])
+                _from_chunks(y_chunks, y[bs])
+            y = y.view(u.shape)
             if D is not None:
-                y = y.addcmul_(D.to(y.dtype)[:, None], uf.reshape(u.shape))
+                y = y.addcmul_(D.to(y.dtype)[:, None], uf.view(u.shape))
         return y.to(u.dtype)
 
     @staticmethod
@@ -230,24 +238,35 @@ class _ChunkedScan(torch.autograd.Function):
         with torch.autocast(u.device.type, enabled=False):
             uf, df, a, Bf, Cf, bias, gy = _grouped_inputs(u, delta, A, B, C, delta_bias, grad_y)
             workspace = _workspace(u.device)
-            grad_u, grad_delta = uf.new_empty(uf.shape), uf.new_empty(uf.shape)
-            grad_a, grad_b, grad_c = torch.zeros_like(a), torch.zeros_like(Bf), torch.zeros_like(Cf)
+            grad_u, grad_delta = torch.empty_like(uf), torch.empty_like(uf)
+            grad_a, grad_b, grad_c = torch.zeros_like(a), torch.empty_like(Bf), torch.empty_like(Cf)
             for bs, widths in _blocks(*uf.shape, a.shape[1], block_elements):
+                dt, dsoftplus = _step_sizes(df[bs], bias, delta_softplus)
+                steps, dtu, u_chunks = _to_chunks(dt, chunk), _to_chunks(dt * uf[bs], chunk), _to_chunks(uf[bs], chunk)
+                next_steps = _to_chunks(F.pad(dt[..., 1:], (0, 1)), chunk)
+                gy_chunks = _to_chunks(gy[bs], chunk)
                 b_chunks, c_chunks = _to_chunks(Bf[bs], chunk), _to_chunks(Cf[bs], chunk)
+                gu, gdt = torch.empty_like(steps), torch.empty_like(steps)
+                gb, gc = torch.zeros_like(b_chunks), torch.zeros_like(c_chunks)
                 for ds in widths:
-                    gu, gd, ga, gb, gc = _backward_block(
-                        gy[bs, :, ds], uf[bs, :, ds], df[bs, :, ds], a[..., ds], b_chunks, c_chunks,
-                        None if bias is None else bias[:, ds], delta_softplus, chunk, workspace)
-                    grad_u[bs, :, ds], grad_delta[bs, :, ds] = gu, gd
+                    block = [x[:, :, :, ds] for x in (gy_chunks, steps, next_steps, dtu, u_chunks, gu, gdt)]
+                    ga, gb_part, gc_part = _backward_block(*block[:5], a[..., ds], b_chunks, c_chunks,
+                                                           workspace, *block[5:])
                     grad_a[..., ds] += ga
-                    grad_b[bs] += gb
-                    grad_c[bs] += gc
-            grad_u, grad_delta = grad_u.reshape(u.shape), grad_delta.reshape(u.shape)
+                    gb += gb_part
+                    gc += gc_part
+                _from_chunks(gu, grad_u[bs])
+                _from_chunks(gdt, grad_delta[bs])
+                if delta_softplus:
+                    grad_delta[bs] *= dsoftplus
+                _from_chunks(gb, grad_b[bs])
+                _from_chunks(gc, grad_c[bs])
+            grad_u, grad_delta = grad_u.view(u.shape), grad_delta.view(u.shape)
             grad_d = None
             if D is not None:
-                gyf = gy.reshape(u.shape)
+                gyf = gy.view(u.shape)
                 grad_u.addcmul_(D.to(gyf.dtype)[:, None], gyf)
-                grad_d = (gyf * uf.reshape(u.shape)).sum((0, 2)).to(D.dtype)
+                grad_d = (gyf * uf.view(u.shape)).sum((0, 2)).to(D.dtype)
             grad_bias = None if delta_bias is None else grad_delta.sum((0, 2)).to(delta_bias.dtype)
         return (grad_u.to(u.dtype), grad_delta.to(delta.dtype), grad_a.transpose(1, 2).reshape(A.shape).to(A.dtype),
                 grad_b.to(B.dtype), grad_c.to(C.dtype), grad_d, grad_bias, None, None, None)
