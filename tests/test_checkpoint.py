@@ -36,6 +36,9 @@ def test_save_and_load_roundtrip_plain_types(tmp_path):
     assert torch.equal(loaded["model"]["w"], state["model"]["w"])
     assert loaded["iteration"] == 7 and loaded["options"] == state["options"] and loaded["rng"] == state["rng"]
     assert os.listdir(path.parent) == ["c.pt"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # shareable like any other file, not 0600
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import contextlib
 import os
 import pickle
 import re
-import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -33,9 +33,10 @@ def save_checkpoint(path, state):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A fresh unique name opened with "x" (not mkstemp): the file gets the umask's permissions, not 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
