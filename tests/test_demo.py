@@ -1,0 +1,248 @@
+"""`make demo`: the face sets it builds (checked against scikit-image and PIL directly) and a smoke
+run of the whole pipeline with a tiny training budget."""
+import math
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from options import TrainOptions
+from utils import demo, demo_faces
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def lfw_face(index):
+    """LFW face ``index`` of scikit-image as RGB uint8 (25, 25, 3), computed here independently."""
+    grey = np.round(skimage.data.lfw_subset()[index].astype(np.float64) * 255).astype(np.uint8)
+    return np.stack([grey] * 3, axis=2)
+
+
+def windows_24(face):
+    """The 8 possible 24x24 training windows of a 25x25 face (offsets 0/1, mirrored or not)."""
+    crops = [face[t:t + 24, l:l + 24] for t in (0, 1) for l in (0, 1)]
+    return crops + [c[:, ::-1] for c in crops]
+
+
+@pytest.fixture(scope="module")
+def builtin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faces")
+    return demo_faces.build_builtin_faces(out, size=24, progress=False)
+
+
+def test_builtin_faces_counts_and_sizes(builtin):
+    train = sorted(builtin.train_dir.iterdir())
+    held = sorted(builtin.heldout_dir.iterdir())
+    assert len(train) == builtin.train_count == 80 * 8 + 160
+    assert len(held) == builtin.heldout_count == 20
+    assert sum(p.name.startswith("astronaut_") for p in train) == 160
+    for path in train[::37] + held:
+        img = load(path)
+        assert img.shape == (24, 24, 3) and img.std() > 5  # real content, not a blank crop
+
+
+def test_heldout_faces_are_the_last_lfw_faces_and_never_trained_on(builtin):
+    train = {load(p).tobytes() for p in builtin.train_dir.iterdir()}
+    for i, path in enumerate(sorted(builtin.heldout_dir.iterdir())):
+        face = lfw_face(80 + i)
+        assert np.array_equal(load(path), face[:24, :24])
+        assert not any(w.tobytes() in train for w in windows_24(face))
+    # the same membership test does find the training faces
+    for index in (0, 41, 79):
+        assert all(w.tobytes() in train for w in windows_24(lfw_face(index)))
+
+
+def test_astronaut_crops_come_from_the_portrait_around_her_face(builtin):
+    crops = [load(p).astype(np.float64) for p in sorted(builtin.train_dir.glob("astronaut_*.png"))]
+    # a head-and-shoulders view of the portrait brought to 24x24, independently with PIL
+    portrait = Image.fromarray(skimage.data.astronaut())
+    reference = np.asarray(portrait.crop((140, 35, 310, 205)).resize((24, 24), Image.BICUBIC)).astype(np.float64)
+    elsewhere = np.asarray(portrait.crop((330, 330, 500, 500)).resize((24, 24), Image.BICUBIC)).astype(np.float64)
+
+    def distance(a, b):
+        return min(np.abs(a - b).mean(), np.abs(a[:, ::-1] - b).mean())
+
+    near = sum(distance(c, reference) < distance(c, elsewhere) for c in crops)
+    assert near > 0.9 * len(crops)
+    assert len({c.tobytes() for c in crops}) == len(crops)
+
+
+def test_builtin_faces_at_a_smaller_size(tmp_path):
+    faces = demo_faces.build_builtin_faces(tmp_path, size=16, progress=False)
+    first = load(faces.heldout_dir / "lfw080.png")
+    expected = np.asarray(Image.fromarray(lfw_face(80)[:24, :24]).resize((16, 16), Image.BICUBIC))
+    assert first.shape == (16, 16, 3)
+    assert np.array_equal(first, expected)
+
+
+@pytest.mark.parametrize("size", [28, 2])
+def test_builtin_faces_refuse_sizes_they_cannot_give(tmp_path, size):
+    with pytest.raises(UserError, match=f"--load_size {size}.*--dataroot"):
+        demo_faces.build_builtin_faces(tmp_path, size=size, progress=False)
+
+
+def test_builtin_faces_need_no_network(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    faces = demo_faces.build_builtin_faces(tmp_path, size=24, progress=False)
+    assert faces.train_count == 800
+
+
+def test_an_image_scikit_image_would_download_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(skimage.data, "__file__", str(tmp_path / "__init__.py"))
+    with pytest.raises(UserError, match="lfw_subset.npy.*--dataroot"):
+        demo_faces.build_builtin_faces(tmp_path / "out", size=24, progress=False)
+
+
+def make_user_faces(root, count):
+    """``count`` random RGB faces of mixed sizes in two subfolders, some sharing a file stem."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(count):
+        h, w = (40, 30) if i % 2 else (33, 50)
+        path = root / ("a" if i < count // 2 else "b") / f"face{i % (count // 2):02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return sorted(paths)
+
+
+def test_user_faces_split_deterministically_and_disjoint(tmp_path):
+    sources = make_user_faces(tmp_path / "mine", 12)
+    faces = demo_faces.build_user_faces(tmp_path / "mine", tmp_path / "out", size=24, progress=False)
+    train = sorted(p.name for p in faces.train_dir.iterdir())
+    held = sorted(p.name for p in faces.heldout_dir.iterdir())
+    assert (faces.train_count, faces.heldout_count) == (10, 2) == (len(train), len(held))
+    assert not set(train) & set(held)
+    positions = sorted(int(name.split("_")[0]) for name in train + held)
+    assert positions == list(range(12))
+    assert [int(name.split("_")[0]) for name in held] == [3, 9]  # evenly spaced among 12
+    for name in held:
+        source = Image.open(sources[int(name.split("_")[0])]).convert("RGB")
+        w, h = source.size
+        side = min(w, h)
+        square = source.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+        assert np.array_equal(load(faces.heldout_dir / name), np.asarray(square.resize((24, 24), Image.BICUBIC)))
+    again = demo_faces.build_user_faces(tmp_path / "mine", tmp_path / "again", size=24, progress=False)
+    assert sorted(p.name for p in again.heldout_dir.iterdir()) == held
+
+
+def test_user_faces_need_two_images(tmp_path):
+    make_user_faces(tmp_path / "one", 2)
+    (tmp_path / "one" / "b" / "face00.png").unlink()
+    with pytest.raises(UserError, match="1 image.*at least 2"):
+        demo_faces.build_user_faces(tmp_path / "one", tmp_path / "out", progress=False)
+
+
+def test_training_command_parses_with_train_py_options(tmp_path):
+    args = demo.parse_args(["--iters", "120", "--batch_size", "16"])
+    command = demo.training_arguments(args, tmp_path / "train", 800, tmp_path / "out")
+    assert command[0] == "train.py"
+    opt = TrainOptions().parse([str(a) for a in command[1:]])
+    assert (opt.max_iters, opt.total_epochs, opt.lr_milestones) == (120, 3, [2])  # 50 iterations per epoch
+    assert (opt.load_size, opt.scale_factor, opt.gpus, opt.embed_dim, opt.depth) == (24, 4, 0, 8, 1)
+    with pytest.raises(UserError, match="10 training faces do not fill one batch of 16"):
+        demo.training_arguments(args, tmp_path / "train", 10, tmp_path / "out")
+
+
+def test_demo_options_are_checked():
+    with pytest.raises(UserError, match="--load_size 26 must be a multiple of 4"):
+        demo.parse_args(["--load_size", "26"])
+    with pytest.raises(UserError, match="--iters 0"):
+        demo.parse_args(["--iters", "0"])
+
+
+def test_output_folder_is_reused_only_when_the_demo_made_it(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep")
+    with pytest.raises(UserError, match="not written by the demo"):
+        demo.prepare_out_dir(foreign)
+    ours = tmp_path / "ours"
+    demo.prepare_out_dir(ours)
+    (ours / "faces" / "train").mkdir(parents=True)
+    (ours / "faces" / "train" / "old.png").write_bytes(b"x")
+    (ours / "notes.txt").write_text("keep")
+    demo.prepare_out_dir(ours)
+    assert not (ours / "faces").exists() and (ours / "notes.txt").read_text() == "keep"
+
+
+def test_lpips_is_used_only_where_it_can_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("HYBRIMAMBA_LPIPS_BACKBONE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    flags, note = demo.lpips_backbone(demo.parse_args([]))
+    assert flags == [] and "at least 31x31" in note and "24x24" in note
+    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32", "--no_lpips"]))[0] == []
+    flags, note = demo.lpips_backbone(demo.parse_args(["--load_size", "32"]))
+    assert flags == [] and "not cached" in note and "HYBRIMAMBA_LPIPS_BACKBONE" in note
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]))[0] == ["--lpips"]
+    monkeypatch.setenv("HYBRIMAMBA_LPIPS_BACKBONE", "alex.pth")
+    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]))[0] == ["--lpips", "--backbone_weights", "alex.pth"]
+
+
+def y_psnr(gt, sr):
+    """PSNR of the BT.601 Y channel truncated to integers (the table's convention), in float64."""
+    def y(img):
+        r, g, b = (img[..., i].astype(np.float64) for i in range(3))
+        return np.floor(16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255)
+
+    return 10 * math.log10(255 ** 2 / np.mean((y(gt) - y(sr)) ** 2))
+
+
+def test_demo_smoke_run_writes_every_output(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "utils.demo", "--out", str(out), "--iters", "1", "--batch_size", "4",
+                           "--skip_check"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = done.stdout
+    for step in range(1, 6):
+        assert f"=== step {step}/5" in text
+    assert "LPIPS skipped: its AlexNet needs images of at least 31x31" in text
+    assert re.search(r"the demo took [\d.]+ min \(faces \d+ s, training \d+ s", text)
+
+    heldout = sorted((out / "faces" / "heldout").iterdir())
+    assert len(heldout) == 20 and len(list((out / "faces" / "train").iterdir())) == 800
+    for folder, side in (("faces/heldout_lr", 6), ("results/Bicubic", 24), ("results/HybriMamba", 24)):
+        files = sorted((out / folder).iterdir())
+        assert [p.stem for p in files] == [p.stem for p in heldout]
+        assert load(files[0]).shape == (side, side, 3)
+    assert (out / "ckpt" / "demo" / "latest.pt").is_file()
+    assert (out / "logs" / "demo" / "train_log.txt").is_file()
+    # 8 faces, 2 per row, 4 tiles of 24 pixels each (utils.side_by_side's layout)
+    assert load(out / "results" / "side_by_side.png").shape == (4 * (24 + 24) + 3 * 4, 2 * 4 * 24 + 4, 3)
+
+    table = (out / "results" / "table.md").read_text()
+    assert table in text.replace("\r", "")
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert sorted(rows) == ["Bicubic", "HybriMamba"]
+
+    def mean_psnr(folder):
+        return np.mean([y_psnr(load(h), load(out / folder / h.name)) for h in heldout])
+
+    model, bicubic = mean_psnr("results/HybriMamba"), mean_psnr("results/Bicubic")
+    assert f"| {bicubic:.2f} |" in rows["Bicubic"] and f"| {model:.2f} |" in rows["HybriMamba"]
+    verdict = re.search(r"HybriMamba (beats|does NOT beat) bicubic .*PSNR ([\d.]+) dB vs ([\d.]+) dB", text)
+    assert verdict and verdict.group(1) == ("beats" if model > bicubic else "does NOT beat")
+    assert (float(verdict.group(2)), float(verdict.group(3))) == (round(model, 2), round(bicubic, 2))
