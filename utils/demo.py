@@ -58,8 +58,8 @@ def parse_args(argv=None):
     train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     train.add_argument("--threads", type=int, default=1,
-                       help="torch threads of every step (OMP_NUM_THREADS; default: %(default)s: this small network "
-                            "gains little from more, and loses much to them on a busy machine)")
+                       help="torch threads of every step (OMP_NUM_THREADS; default: %(default)s, as on a busy 2-core "
+                            "machine two threads made this small network's training several times slower)")
     score = p.add_argument_group("scoring")
     score.add_argument("--backbone_weights", default=None,
                        help="torchvision AlexNet state_dict for LPIPS offline (default: $HYBRIMAMBA_LPIPS_BACKBONE)")
