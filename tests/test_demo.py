@@ -230,8 +230,8 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
         assert load(files[0]).shape == (side, side, 3)
     assert (out / "ckpt" / "demo" / "latest.pt").is_file()
     assert (out / "logs" / "demo" / "train_log.txt").is_file()
-    # 8 faces, 2 per row, 4 tiles of 24 pixels each (utils.side_by_side's layout)
-    assert load(out / "results" / "side_by_side.png").shape == (4 * (24 + 24) + 3 * 4, 2 * 4 * 24 + 4, 3)
+    # 8 faces, 2 per row, 4 tiles of 24 pixels zoomed 4x each (utils.side_by_side's layout)
+    assert load(out / "results" / "side_by_side.png").shape == (4 * (24 + 96) + 3 * 4, 2 * 4 * 96 + 4, 3)
 
     table = (out / "results" / "table.md").read_text()
     assert table in text.replace("\r", "")

@@ -241,3 +241,17 @@ def test_side_by_side_layout_and_tiles(tmp_path):
                                   np.asarray(Image.fromarray(lr2).resize((32, 32), Image.BICUBIC)))
     assert (fig[:LABEL_HEIGHT, :32] < 128).any()  # a caption is drawn
     assert (fig[row2:row2 + 32, 128 + GAP:] == 255).all()  # no fourth face
+
+
+def test_side_by_side_zoom_replicates_pixels(tmp_path):
+    hr = face_like(16, 16, 0)
+    save(tmp_path / "lr" / "a.png", np.asarray(Image.fromarray(hr).resize((4, 4), Image.BICUBIC)))
+    save(tmp_path / "sr" / "a.png", hr)
+    save(tmp_path / "hr" / "a.png", hr)
+    out = tmp_path / "fig.png"
+    res = run("-m", "utils.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr", "--hr", tmp_path / "hr",
+              "--zoom", "3", "--out", out)
+    assert res.returncode == 0, res.stderr
+    fig = load(out)
+    assert fig.shape == (LABEL_HEIGHT + 48, 3 * 48, 3)
+    np.testing.assert_array_equal(fig[LABEL_HEIGHT:, 96:144], np.repeat(np.repeat(hr, 3, 0), 3, 1))

@@ -149,3 +149,11 @@ def test_gpu_equals_cpu(ours, weights):
     cpu = lpips_distance(ours, x, y)
     gpu = lpips_distance(build_lpips(backbone_weights=weights, device="auto"), x, y)
     assert torch.allclose(cpu, gpu, atol=1e-4)
+
+
+def test_faces_too_small_for_alexnet_are_a_clear_error(ours):
+    from utils.lpips_metric import lpips_distance
+
+    with pytest.raises(UserError, match="at least 31x31"):
+        lpips_distance(ours, torch.zeros(1, 3, 30, 30), torch.zeros(1, 3, 30, 30))
+    assert lpips_distance(ours, torch.zeros(1, 3, 31, 31), torch.zeros(1, 3, 31, 31)).item() == 0.0

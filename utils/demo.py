@@ -205,7 +205,7 @@ def main(argv=None):
         print("LPIPS failed (see above); the table without LPIPS:")
         run(table_args, "scoring", args.threads)
     run(["-m", "utils.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic",
-         "--n", 8, "--per_row", 2, "--out", picture], "the side-by-side picture", args.threads)
+         "--n", 8, "--per_row", 2, "--zoom", 4, "--out", picture], "the side-by-side picture", args.threads)
 
     steps.begin("check", "check")
     model_psnr, bicubic_psnr = mean_psnr(hr_dir, sr_dir), mean_psnr(hr_dir, bicubic_dir)

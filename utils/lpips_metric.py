@@ -99,9 +99,17 @@ def build_lpips(net="alex", backbone_weights=None, device="cpu"):
     return model.eval().to(resolve_device(device) if isinstance(device, str) else device)
 
 
+# The smallest side each backbone's pooling stack accepts (measured: AlexNet fails at 30 px).
+MIN_SIDE = {"alex": 31, "vgg": 16}
+
+
 @torch.no_grad()
 def lpips_distance(model, gt, sr):
     """LPIPS per image: ``gt``, ``sr`` (B, 3, H, W) RGB in [-1, 1] -> (B,) float tensor on the CPU."""
+    min_side = MIN_SIDE.get(model.pnet_type, 1)
+    if min(gt.shape[-2:]) < min_side:
+        raise UserError(f"LPIPS ({model.pnet_type}) needs images of at least {min_side}x{min_side} pixels, "
+                        f"these are {gt.shape[-2]}x{gt.shape[-1]}; skip LPIPS for such small faces")
     dev = next(model.parameters()).device
     return model(gt.to(dev), sr.to(dev)).flatten().float().cpu()
 

@@ -1,8 +1,10 @@
 """A comparison picture: LR (nearest-upsampled) | bicubic | SR | HR, a few faces per row.
 
     python -m utils.side_by_side --lr LR_DIR --sr SR_DIR --hr HR_DIR [--bicubic] --out fig.png [--n 4] [--per_row 2]
+        [--zoom K]
 
-Faces are matched by file stem; every tile is drawn at the size of the first HR image.
+Faces are matched by file stem; every tile is drawn at the size of the first HR image, then
+enlarged K times by pixel replication (for small faces, so details and captions are readable).
 """
 import argparse
 import math
@@ -65,17 +67,18 @@ def compose(faces, per_row):
     return canvas
 
 
-def side_by_side(lr_dir, sr_dir, hr_dir, n=4, per_row=2, bicubic=False, names=None):
-    """The comparison picture as an RGB uint8 array (see ``compose`` for its size)."""
-    if n < 1 or per_row < 1:
-        raise UserError(f"--n {n} and --per_row {per_row} must be >= 1")
+def side_by_side(lr_dir, sr_dir, hr_dir, n=4, per_row=2, bicubic=False, names=None, zoom=1):
+    """The comparison picture as an RGB uint8 array (see ``compose`` for its size, with w and h times ``zoom``)."""
+    if n < 1 or per_row < 1 or zoom < 1:
+        raise UserError(f"--n {n}, --per_row {per_row} and --zoom {zoom} must be >= 1")
     picked = pick_stems(lr_dir, sr_dir, hr_dir, n, names)
     size = None
     faces = []
     for _, lr_path, sr_path, hr_path in picked:
         lr, sr, hr = read_rgb(lr_path), read_rgb(sr_path), read_rgb(hr_path)
         size = size or hr.shape[1::-1]
-        faces.append(face_tiles(lr, sr, hr, size, bicubic))
+        tiles = face_tiles(lr, sr, hr, size, bicubic)
+        faces.append([(label, img.repeat(zoom, axis=0).repeat(zoom, axis=1)) for label, img in tiles])
     return compose(faces, per_row)
 
 
@@ -88,9 +91,10 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=4, help="number of faces (default 4, the first by file name)")
     p.add_argument("--names", nargs="+", help="file stems of the faces to show instead of the first --n")
     p.add_argument("--per_row", type=int, default=2, help="faces per row (default 2)")
+    p.add_argument("--zoom", type=int, default=1, help="enlarge every tile K times, nearest-neighbour (default 1)")
     p.add_argument("--out", required=True, help="output image (PNG)")
     args = p.parse_args(argv)
-    picture = side_by_side(args.lr, args.sr, args.hr, args.n, args.per_row, args.bicubic, args.names)
+    picture = side_by_side(args.lr, args.sr, args.hr, args.n, args.per_row, args.bicubic, args.names, args.zoom)
     write_rgb(args.out, picture)
     print(f"wrote {args.out} ({picture.shape[1]}x{picture.shape[0]})")
 
