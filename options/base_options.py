@@ -138,10 +138,6 @@ class BaseOptions:
     def validate(self, opt):
         if "/" in opt.name or "\\" in opt.name or opt.name in ("", ".", ".."):
             raise UserError(f"--name '{opt.name}' must be a plain folder name (no path separators)")
-        if opt.load_size % opt.scale_factor:
-            raise UserError(f"--load_size {opt.load_size} is not divisible by --scale_factor {opt.scale_factor}")
-        if opt.load_size % 4:
-            raise UserError(f"--load_size {opt.load_size} must be a multiple of 4 (the network halves it twice)")
 
     def defaults(self):
         return {a.dest: a.default for a in self.parser._actions if a.dest != "help"}

@@ -85,6 +85,11 @@ class TrainOptions(BaseOptions):
 
     def validate(self, opt):
         super().validate(opt)
+        # Training sizes must fit the degradation and the network; test.py pads any size instead.
+        if opt.load_size % opt.scale_factor:
+            raise UserError(f"--load_size {opt.load_size} is not divisible by --scale_factor {opt.scale_factor}")
+        if opt.load_size % 4:
+            raise UserError(f"--load_size {opt.load_size} must be a multiple of 4 (the network halves it twice)")
         if opt.continue_train and opt.pretrain_model_path:
             raise UserError("--continue_train resumes from latest.pt and --pretrain_model_path starts "
                             "a new run from given weights; pass only one of them")

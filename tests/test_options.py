@@ -148,6 +148,8 @@ def test_test_options_requirements():
                                "--y_convention", "round", "--batch_size", "3", "--scan_backend", "ref"])
     assert opt.save_as_dir == "result/run1" and opt.no_ema and opt.y_convention == "round"
     assert opt.batch_size == 3 and opt.scan_backend == "ref" and opt.backbone_weights is None
+    # test.py pads any size, so sizes training refuses are fine here
+    assert TestOptions().parse([*base, "--pretrain_model_path", "m.pt", "--load_size", "30"]).load_size == 30
 
 
 def test_compatibility_flag_notice_only_when_changed():
