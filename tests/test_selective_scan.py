@@ -250,3 +250,13 @@ def test_backend_logged_once_per_choice(monkeypatch, caplog, fresh_probe):
     messages = [r.getMessage() for r in caplog.records if r.name == "hybrimamba"]
     assert messages == ["selective scan: backend 'torch' (auto on cpu; cuda unavailable: mamba-ssm not installed)",
                         "selective scan: backend 'ref' (ref on cpu)"]
+
+
+def test_torch_scan_alternates_between_inference_mode_and_autograd():
+    inputs = {k: v.detach() for k, v in make_inputs(1, 2, 4, 3, 40, torch.float32).items()}
+    with torch.inference_mode():
+        first = selective_scan(**inputs, backend="torch")
+    second = selective_scan(**inputs, backend="torch")
+    with torch.inference_mode():
+        third = selective_scan(**inputs, backend="torch")
+    assert torch.equal(first, second) and torch.equal(second, third)

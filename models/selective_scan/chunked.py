@@ -72,9 +72,11 @@ def _workspace(device):
     4 kB, which took a large share of the scan's time. CUDA's caching allocator already reuses memory."""
     if device.type != "cpu":
         return _Workspace()
-    if not hasattr(_cpu_workspaces, "workspace"):
-        _cpu_workspaces.workspace = _Workspace()
-    return _cpu_workspaces.workspace
+    # Tensors made under inference_mode cannot be written outside it (and the reverse), so each
+    # mode keeps its own buffers.
+    if not hasattr(_cpu_workspaces, "by_mode"):
+        _cpu_workspaces.by_mode = {}
+    return _cpu_workspaces.by_mode.setdefault(torch.is_inference_mode_enabled(), _Workspace())
 
 
 def _to_chunks(x, chunk):
