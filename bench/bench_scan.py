@@ -2,7 +2,7 @@
 
 For the stage shapes of the network (ARCHITECTURE.md section 2, K=4 directions, N=8 states) it
 prints forward and forward+backward wall time and peak memory of both backends side by side,
-the speed-ups, and their geometric mean. Every (shape, batch, backend) case runs in its own
+the speed-ups, their geometric mean, and the full network's forward latency with each backend. Every (shape, batch, backend) case runs in its own
 subprocess, so on CPU the peak memory is that process's peak resident set size (ru_maxrss)
 above its size once the inputs exist; on CUDA it is torch.cuda.max_memory_allocated above the
 inputs. Times are the minimum over the repeats (the least disturbed by other load).
@@ -173,6 +173,13 @@ def main(argv=None):
           f"peak memory torch/ref: max {max(ratios):.2f}")
     print(f"target (>= {TARGET_SPEEDUP:g}x geometric mean, never slower, <= {TARGET_MEMORY_RATIO:g} memory): "
           f"{'met' if met else 'NOT met'}")
+    from models import HybriMamba
+    from models.complexity import measure_latency
+
+    for backend in ("torch", "ref"):
+        model = HybriMamba(scan_backend=backend).to(args.device)
+        latency = measure_latency(model, repeats=args.repeats)
+        print(f"HybriMamba forward at 1x3x128x128, scan backend '{backend}': {latency * 1e3:.0f} ms")
     return 0
 
 
