@@ -2,24 +2,20 @@
 import argparse
 
 from utils.errors import run_cli
-from utils.folder_eval import default_workers, evaluate_folders, summary_lines, write_csv
+from utils.folder_eval import add_folder_arguments, evaluate_folders, report
 from utils.lpips_metric import BACKBONE_ENV, LPIPS_NETS, build_lpips
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="LPIPS (lpips package, inputs RGB in [-1, 1]) of SR images against "
                                             "ground-truth images paired by file stem.")
-    p.add_argument("gt_dir", help="folder of ground-truth (HR) images")
-    p.add_argument("sr_dir", help="folder of super-resolved images")
+    add_folder_arguments(p)
     p.add_argument("--net", choices=LPIPS_NETS, default="alex", help="LPIPS backbone (default alex, as the paper)")
     p.add_argument("--backbone_weights", default=None,
                    help=f"torchvision-format AlexNet/VGG16 state_dict for offline use (default: ${BACKBONE_ENV}; "
                         "unset: torchvision downloads it)")
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--allow_missing", action="store_true", help="skip (and count) files present in one folder only")
-    p.add_argument("--csv", help="write per-image results to this CSV file")
-    p.add_argument("--workers", type=int, default=default_workers(), help="reader threads")
     return p.parse_args(argv)
 
 
@@ -29,10 +25,7 @@ def main(argv=None):
     rows, summary = evaluate_folders(args.gt_dir, args.sr_dir, psnr_ssim=False, lpips_model=model,
                                      lpips_batch_size=args.batch_size, allow_missing=args.allow_missing,
                                      workers=args.workers)
-    print("\n".join(summary_lines(summary)))
-    if args.csv:
-        write_csv(args.csv, rows)
-        print(f"per-image results: {args.csv}")
+    report(rows, summary, args.csv)
 
 
 if __name__ == "__main__":
