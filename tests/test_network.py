@@ -232,6 +232,24 @@ def test_ref_and_torch_backends_agree_on_the_whole_network():
     assert torch.allclose(ref, fast, atol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(monkeypatch):
+    # TF32 would round convolution inputs to 10 mantissa bits; the comparison is of float32 arithmetic.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cpu_net = tiny_model(scan_backend="torch")
+    gpu_net = tiny_model(scan_backend="torch").cuda()
+    x = torch.rand(2, 3, 32, 24) * 2 - 1
+    outputs, grads = [], []
+    for net, device in ((cpu_net, "cpu"), (gpu_net, "cuda")):
+        y = net(x.to(device))
+        y.square().mean().backward()
+        outputs.append(y.detach().cpu())
+        grads.append(torch.cat([p.grad.flatten().cpu() for p in net.parameters()]))
+    assert torch.allclose(outputs[1], outputs[0], atol=1e-4, rtol=1e-4)
+    assert ((grads[1] - grads[0]).abs().max() / grads[0].abs().max()).item() < 1e-3
+
+
 def test_ssm_initialisation_survives_the_generic_init():
     model = HybriMamba(embed_dim=16, depth=1, n_layers=1, d_state=8)
     ssm = model.enc0.blocks[0].mixer[0].block.ssm
