@@ -157,3 +157,14 @@ def test_faces_too_small_for_alexnet_are_a_clear_error(ours):
     with pytest.raises(UserError, match="at least 31x31"):
         lpips_distance(ours, torch.zeros(1, 3, 30, 30), torch.zeros(1, 3, 30, 30))
     assert lpips_distance(ours, torch.zeros(1, 3, 31, 31), torch.zeros(1, 3, 31, 31)).item() == 0.0
+
+
+def test_lpips_runs_without_tf32_and_restores_the_setting(ours, monkeypatch):
+    # cuDNN's TF32 default would move GPU scores by ~1e-3: LPIPS must see it off, and leave it as it was.
+    seen = []
+    forward = type(ours).forward
+    monkeypatch.setattr(type(ours), "forward",
+                        lambda self, *a, **k: seen.append(torch.backends.cudnn.allow_tf32) or forward(self, *a, **k))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    lpips_distance(ours, torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+    assert seen == [False] and torch.backends.cudnn.allow_tf32 is True

@@ -61,12 +61,14 @@ def assert_agree(results, reference, tol):
         assert err <= tol, f"{name}: relative error {err:.3g} > {tol}"
 
 
+@pytest.mark.parametrize("whole_buffers", [False, True], ids=["per-step", "whole-buffers"])
 @pytest.mark.parametrize("chunk", [1, 16, 128])
-def test_torch_matches_ref_float64_grouped(chunk):
+def test_torch_matches_ref_float64_grouped(chunk, whole_buffers):
     # K=4 groups, L=77 is not a multiple of 16 (5 chunks, padded), 128 is one padded chunk.
     inputs = make_inputs(bt=2, groups=4, width=3, n=5, length=77)
     reference = run(selective_scan_ref, inputs)
-    assert_agree(run(selective_scan_chunked, inputs, chunk=chunk), reference, 1e-9)
+    got = run(selective_scan_chunked, inputs, chunk=chunk, whole_buffers=whole_buffers)
+    assert_agree(got, reference, 1e-9)
 
 
 @pytest.mark.parametrize("softplus", [True, False])
@@ -80,12 +82,13 @@ def test_torch_matches_ref_float64_single_group_without_skip(softplus):
     assert_agree(got, reference, 1e-9)
 
 
-def test_strong_decay_stays_finite_and_exact():
+@pytest.mark.parametrize("whole_buffers", [False, True], ids=["per-step", "whole-buffers"])
+def test_strong_decay_stays_finite_and_exact(whole_buffers):
     # dt*A around -300 per step: a naive exp(-cumulative log-decay) would overflow at once.
     inputs = make_inputs(bt=1, groups=2, width=2, n=4, length=50)
     inputs["delta"] = torch.full_like(inputs["delta"], 40.0).requires_grad_()
     reference = run(selective_scan_ref, inputs)
-    got = run(selective_scan_chunked, inputs, chunk=16)
+    got = run(selective_scan_chunked, inputs, chunk=16, whole_buffers=whole_buffers)
     assert all(torch.isfinite(x).all() for x in got)
     assert_agree(got, reference, 1e-9)
 
@@ -114,12 +117,14 @@ def test_torch_backend_on_cuda_matches_float64_ref(length):
     assert_agree(got, run(selective_scan_ref, inputs64), 1e-4)
 
 
-def test_sub_batches_match_one_block():
+@pytest.mark.parametrize("whole_buffers", [False, True], ids=["per-step", "whole-buffers"])
+def test_sub_batches_match_one_block(whole_buffers):
     inputs = make_inputs(bt=3, groups=4, width=5, n=4, length=60)
     whole = run(selective_scan_chunked, inputs, chunk=16, block_elements=1 << 30)
     per_state = 4 * 4 * 64  # K * N * padded length: states of one channel-in-group across the groups
     for block in (per_state, 2 * per_state, 5 * per_state * 2):  # channel slices, uneven slices, two items
-        assert_agree(run(selective_scan_chunked, inputs, chunk=16, block_elements=block), whole, 1e-12)
+        got = run(selective_scan_chunked, inputs, chunk=16, block_elements=block, whole_buffers=whole_buffers)
+        assert_agree(got, whole, 1e-12)
 
 
 def test_autocast_bfloat16_runs_in_float32():

@@ -7,6 +7,7 @@ network with a random backbone and loads a torchvision-format state_dict into it
 import os
 import urllib.error
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -104,6 +105,18 @@ MIN_SIDE = {"alex": 31, "vgg": 16}
 
 
 @torch.no_grad()
+@contextmanager
+def exact_float32_convolutions():
+    """cuDNN convolutions without TF32 (its default on Ampere and later), which would move LPIPS
+    scores by about 1e-3 between a GPU and the CPU."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
 def lpips_distance(model, gt, sr):
     """LPIPS per image: ``gt``, ``sr`` (B, 3, H, W) RGB in [-1, 1] -> (B,) float tensor on the CPU."""
     min_side = MIN_SIDE.get(model.pnet_type, 1)
@@ -111,7 +124,8 @@ def lpips_distance(model, gt, sr):
         raise UserError(f"LPIPS ({model.pnet_type}) needs images of at least {min_side}x{min_side} pixels, "
                         f"these are {gt.shape[-2]}x{gt.shape[-1]}; skip LPIPS for such small faces")
     dev = next(model.parameters()).device
-    return model(gt.to(dev), sr.to(dev)).flatten().float().cpu()
+    with exact_float32_convolutions():
+        return model(gt.to(dev), sr.to(dev)).flatten().float().cpu()
 
 
 def lpips_distance_uint8(model, gts, srs):
