@@ -70,7 +70,8 @@ def set_rng_state(state):
                          n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run resumed on fewer GPUs than it was saved from restores the states of those it has.
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
 def scheduler_state(scheduler):
