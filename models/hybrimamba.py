@@ -65,6 +65,13 @@ class HybriMamba(nn.Module):
             if hasattr(module, "scan_backend"):
                 module.scan_backend = name
 
+    def set_activation_checkpointing(self, enabled):
+        """Store only each HybriMamba block's input for the backward and recompute the rest: the
+        same gradients for less memory and one more forward pass of compute."""
+        for module in self.modules():
+            if isinstance(module, Stage):
+                module.activation_checkpointing = enabled
+
     def optimizer_param_groups(self, weight_decay):
         """AdamW groups: every parameter decays except the SSM's A_log and D (spec 3.3)."""
         decay, no_decay = [], []

@@ -1,5 +1,7 @@
 """Stage ("HybriMamba Blocks"): depth x (Mamba mixer, LEM), each pre-LayerNorm and residual."""
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.lem import LEM
 from models.mamba_block import HybriMambaMixer
@@ -26,6 +28,14 @@ class Stage(nn.Module):
     def __init__(self, dim, depth=2, **block_kwargs):
         super().__init__()
         self.blocks = nn.Sequential(*(HybriMambaBlock(dim, **block_kwargs) for _ in range(depth)))
+        self.activation_checkpointing = False
 
     def forward(self, x):
-        return self.blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = x.permute(0, 2, 3, 1)
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            # Keep only each block's input; the backward recomputes the rest.
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)

@@ -60,6 +60,9 @@ class TrainOptions(BaseOptions):
         optim.add_argument("--ema", type=non_negative(float), default=0.0,
                            help="decay of an exponential moving average of the weights, e.g. 0.999 "
                                 "(0 = off); saved beside the raw weights and used for validation")
+        optim.add_argument("--activation_checkpointing", action="store_true",
+                           help="recompute each HybriMamba block's activations in the backward instead of "
+                                "storing them: about half the memory for one more forward pass")
         optim.add_argument("--seed", type=int, default=0,
                            help="seed of initialisation, data order and augmentation")
 

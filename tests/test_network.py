@@ -250,6 +250,22 @@ def test_cuda_matches_cpu(monkeypatch):
     assert ((grads[1] - grads[0]).abs().max() / grads[0].abs().max()).item() < 1e-3
 
 
+def test_activation_checkpointing_gives_the_same_output_and_gradients():
+    x = torch.rand(2, 3, 16, 12) * 2 - 1
+    results, calls = [], []
+    for enabled in (False, True):
+        net = tiny_model(depth=2)
+        net.set_activation_checkpointing(enabled)
+        calls.append(0)
+        lem = net.dec3.blocks[1].lem
+        lem.forward = lambda x, run=lem.forward: calls.__setitem__(-1, calls[-1] + 1) or run(x)
+        y = net(x)
+        y.square().mean().backward()
+        results.append([y.detach()] + [p.grad for p in net.parameters()])
+    assert calls == [1, 2]  # checkpointed: the backward ran the block's forward again
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_ssm_initialisation_survives_the_generic_init():
     model = HybriMamba(embed_dim=16, depth=1, n_layers=1, d_state=8)
     ssm = model.enc0.blocks[0].mixer[0].block.ssm

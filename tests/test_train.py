@@ -154,6 +154,16 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, faces6, worke
     assert not torch.equal(a["model"]["shallow.0.weight"], first_half["model"]["shallow.0.weight"])
 
 
+def test_activation_checkpointing_trains_the_same_weights(tmp_path, faces6):
+    common = ("--max_iters", "3", "--seed", "3", "--lr", "1e-3")
+    run_training(tmp_path, faces6, "stored", *common)
+    trainer = run_training(tmp_path, faces6, "recomputed", *common, "--activation_checkpointing")
+    assert all(stage.activation_checkpointing for stage in (trainer.model.enc0, trainer.model.dec3))
+    a = load_checkpoint(tmp_path / "ckpt" / "stored" / "latest.pt")["model"]
+    b = load_checkpoint(tmp_path / "ckpt" / "recomputed" / "latest.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bf16_autocast_trains_float32_weights_and_fp16_needs_cuda(tmp_path, faces6):
     trainer = run_training(tmp_path, faces6, "bf16", "--amp", "bf16", "--max_iters", "2", "--ema", "0.5")
     state = load_checkpoint(tmp_path / "ckpt" / "bf16" / "latest.pt")

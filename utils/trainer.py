@@ -138,6 +138,7 @@ class Trainer:
         # Same initial weights on every rank; then one RNG stream per rank.
         seed_everything(opt.seed)
         net = HybriMamba(**network_config(opt), scan_backend=opt.scan_backend)
+        net.set_activation_checkpointing(opt.activation_checkpointing)
         if opt.pretrain_model_path:
             what = load_weights(net, opt.pretrain_model_path, prefer_ema=True)
             if plan.is_main:
