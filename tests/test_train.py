@@ -23,7 +23,7 @@ from utils.image_tensor import to_tensor, to_uint8
 from utils.metrics import evaluate_pair
 from utils.train_data import ResumableSampler, SeededSamples
 from utils.train_logging import image_grid
-from utils.trainer import NonFiniteError, train
+from utils.trainer import NonFiniteError, rng_state, set_rng_state, train
 
 SIZE = 16
 TINY = ["--embed_dim", "8", "--depth", "1", "--n_layers", "1"]
@@ -162,6 +162,17 @@ def test_activation_checkpointing_trains_the_same_weights(tmp_path, faces6):
     a = load_checkpoint(tmp_path / "ckpt" / "stored" / "latest.pt")["model"]
     b = load_checkpoint(tmp_path / "ckpt" / "recomputed" / "latest.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_on_fewer_gpus_restores_the_cuda_rng_states_it_can(monkeypatch):
+    state = rng_state()
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]  # saved on 3 GPUs
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    set_rng_state(state)
+    assert [s[0].item() for s in restored[0]] == [0, 1]
 
 
 def test_bf16_autocast_trains_float32_weights_and_fp16_needs_cuda(tmp_path, faces6):
