@@ -13,7 +13,7 @@ import torch
 
 import models.selective_scan as scan_pkg
 from models.selective_scan import cuda_backend, cuda_unavailable_reason, resolve_backend, selective_scan
-from models.selective_scan.chunked import selective_scan_chunked
+from models.selective_scan.chunked import default_block_elements, selective_scan_chunked
 from models.selective_scan.reference import selective_scan_ref
 from utils.errors import UserError
 
@@ -115,6 +115,14 @@ def test_torch_backend_on_cuda_matches_float64_ref(length):
     got = run(selective_scan, inputs32, backend="torch")
     assert got[0].is_cuda and got[0].dtype == torch.float32
     assert_agree(got, run(selective_scan_ref, inputs64), 1e-4)
+
+
+def test_gpu_blocks_take_a_quarter_of_the_free_memory_within_bounds(monkeypatch):
+    for free, expected in ((8_000_000_000, 125_000_000), (10**12, 1 << 28), (10**6, 1 << 22)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10**12))
+        assert default_block_elements("cuda", 16384, 64) == expected
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8_000_000_000, 10**12))
+    assert default_block_elements("cuda", 16384, 64, element_size=8) == 62_500_000  # float64: half the states
 
 
 @pytest.mark.parametrize("whole_buffers", [False, True], ids=["per-step", "whole-buffers"])

@@ -32,6 +32,7 @@ from models.selective_scan.layout import check_arguments, compute_dtype, group_v
 CPU_BLOCK_ELEMENTS = 1 << 21
 STATES_PER_STEP = 1 << 14
 GPU_BLOCK_ELEMENTS = (1 << 22, 1 << 28)
+OTHER_DEVICE_BLOCK_ELEMENTS = 1 << 25  # e.g. Apple's MPS, whose memory the CPU shares
 # Cumulative log-decays are floored here: exp(-80) is still a normal float32, so no denormal
 # arithmetic (slow on many CPUs), and a contribution damped by exp(-80) is far below precision.
 LOG_DECAY_FLOOR = -80.0
@@ -59,7 +60,7 @@ def default_block_elements(device, length, chunk, element_size=4):
         low, high = GPU_BLOCK_ELEMENTS
         return int(min(high, max(low, free_bytes // (16 * element_size))))
     if device.type != "cpu":
-        return GPU_BLOCK_ELEMENTS[1]
+        return OTHER_DEVICE_BLOCK_ELEMENTS
     return max(CPU_BLOCK_ELEMENTS, STATES_PER_STEP * (chunk + -(-length // chunk)))
 
 
