@@ -104,7 +104,6 @@ def build_lpips(net="alex", backbone_weights=None, device="cpu"):
 MIN_SIDE = {"alex": 31, "vgg": 16}
 
 
-@torch.no_grad()
 @contextmanager
 def exact_float32_convolutions():
     """cuDNN convolutions without TF32 (its default on Ampere and later), which would move LPIPS
@@ -117,6 +116,7 @@ def exact_float32_convolutions():
         torch.backends.cudnn.allow_tf32 = saved
 
 
+@torch.no_grad()
 def lpips_distance(model, gt, sr):
     """LPIPS per image: ``gt``, ``sr`` (B, 3, H, W) RGB in [-1, 1] -> (B,) float tensor on the CPU."""
     min_side = MIN_SIDE.get(model.pnet_type, 1)
