@@ -2,8 +2,8 @@
 
 For the stage shapes of the network (ARCHITECTURE.md section 2, K=4 directions, N=8 states) it
 prints forward and forward+backward wall time and peak memory of both backends side by side,
-the speed-ups, their geometric mean, and the full network's forward latency with each backend. Every (shape, batch, backend) case runs in its own
-subprocess, so on CPU the peak memory is that process's peak resident set size (ru_maxrss)
+the speed-ups, their geometric mean, and the full network's forward latency with each backend.
+Every (shape, batch, backend) case runs in its own subprocess, so on CPU the peak memory is that process's peak resident set size (ru_maxrss)
 above its size once the inputs exist; on CUDA it is torch.cuda.max_memory_allocated above the
 inputs. Times are the minimum over the repeats (the least disturbed by other load).
 
@@ -12,8 +12,6 @@ inputs. Times are the minimum over the repeats (the least disturbed by other loa
 import argparse
 import json
 import math
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -22,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.process_memory import peak_rss_mb, rss_mb  # noqa: E402 (needs ROOT on sys.path)
 
 # (L, K*Dn) of the stages at 128x128: H*W tokens, four directions of d_inner channels.
 STAGE_SHAPES = ((16384, 192), (4096, 384), (1024, 768), (1024, 1536))
@@ -46,16 +46,6 @@ def make_inputs(batch, length, channels, device):
         "delta_bias": dt + torch.log(-torch.expm1(-dt)),
     }
     return {k: v.to(device).requires_grad_() for k, v in inputs.items()}
-
-
-def rss_mb():
-    """Current resident set size of this process in MB (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
 
 
 def run_case(backend, batch, length, channels, device, repeats):

@@ -12,7 +12,6 @@ is ``torch.cuda.max_memory_allocated``. One warm-up step precedes the timed step
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -22,11 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def max_rss_mb():
-    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+from bench.process_memory import peak_rss_mb  # noqa: E402 (needs ROOT on sys.path)
 
 
 def run_case(batch, backend, amp, steps, size, activation_checkpointing=False):
@@ -56,7 +51,7 @@ def run_case(batch, backend, amp, steps, size, activation_checkpointing=False):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    rss_before = max_rss_mb()
+    rss_before = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step()
@@ -71,7 +66,7 @@ def run_case(batch, backend, amp, steps, size, activation_checkpointing=False):
     if device.type == "cuda":
         figures["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
-        figures["peak_mb"] = max_rss_mb()
+        figures["peak_mb"] = peak_rss_mb()
         figures["step_mb"] = figures["peak_mb"] - rss_before
     return figures
 
