@@ -35,7 +35,6 @@ BICUBIC = "Bicubic"
 NETWORK = {"embed_dim": 8, "depth": 1, "n_layers": 1, "expand": 1.0, "d_state": 4, "mlp_ratio": 2.0}
 LR_DECAY_AT = 0.8  # the learning rate halves after this fraction of the epochs
 LPIPS_HOST = ("download.pytorch.org", 443)
-LPIPS_MIN_SIDE = 31  # smaller images vanish in the pooling of LPIPS's AlexNet
 
 
 def parse_args(argv=None):
@@ -138,11 +137,12 @@ def lpips_backbone(args):
     """(extra results_table flags, one line saying where LPIPS's AlexNet weights come from, or why it is skipped)."""
     if args.no_lpips:
         return [], "LPIPS skipped (--no_lpips)"
-    if args.load_size < LPIPS_MIN_SIDE:
-        return [], (f"LPIPS skipped: its AlexNet needs images of at least {LPIPS_MIN_SIDE}x{LPIPS_MIN_SIDE} and these "
-                    f"faces are {args.load_size}x{args.load_size} (your own faces with --load_size 32 or more get it)")
-    from utils.lpips_metric import BACKBONE_ENV  # deferred: it imports torch
+    from utils.lpips_metric import BACKBONE_ENV, MIN_SIDE  # deferred: it imports torch
 
+    min_side = MIN_SIDE["alex"]
+    if args.load_size < min_side:
+        return [], (f"LPIPS skipped: its AlexNet needs images of at least {min_side}x{min_side} and these "
+                    f"faces are {args.load_size}x{args.load_size} (your own faces with --load_size 32 or more get it)")
     weights = args.backbone_weights or os.environ.get(BACKBONE_ENV)
     if weights:
         return ["--lpips", "--backbone_weights", weights], f"LPIPS with the AlexNet weights in {weights}"
