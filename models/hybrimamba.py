@@ -7,6 +7,8 @@ from models.selective_scan import BACKENDS
 from models.stage import Stage
 
 NO_WEIGHT_DECAY = ("A_logs", "Ds")
+LEAKY_SLOPE = 0.01  # PyTorch's default, as in the authors' nn.LeakyReLU(inplace=True) (spec 2)
+INIT_STD = 0.02  # the authors' init_weights('normal', 0.02) (spec 3.6)
 
 
 class HybriMamba(nn.Module):
@@ -30,7 +32,7 @@ class HybriMamba(nn.Module):
             return Stage(dim, depth=depth, n_layers=n_layers, mlp_ratio=mlp_ratio, expand=expand, d_state=d_state,
                          scan_backend=scan_backend)
 
-        self.shallow = nn.Sequential(nn.Conv2d(in_chans, c, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        self.shallow = nn.Sequential(nn.Conv2d(in_chans, c, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
         self.enc0 = stage(c)
         self.down1 = Downsample(c, 2 * c)
         self.enc1 = stage(2 * c)
@@ -42,7 +44,8 @@ class HybriMamba(nn.Module):
         self.dec2 = stage(4 * c)
         self.up2 = Upsample(4 * c, c)
         self.dec3 = stage(2 * c)
-        self.reconstruct = nn.Sequential(nn.Conv2d(2 * c, in_chans, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        self.reconstruct = nn.Sequential(nn.Conv2d(2 * c, in_chans, 3, padding=1),
+                                         nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
         self.apply(_init_weights)
 
     def forward(self, x):
@@ -82,9 +85,10 @@ class HybriMamba(nn.Module):
 
 
 def _init_weights(module):
-    """Linear: truncated normal std 0.02, bias 0; LayerNorm: 1 and 0 (spec 3.6)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+    """The authors' effective init (spec 3.6): every Conv2d and Linear N(0, 0.02) with zero bias;
+    LayerNorm 1 and 0. The stacked SSM parameters are not modules and keep their own init."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.normal_(module.weight, std=INIT_STD)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

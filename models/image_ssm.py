@@ -67,7 +67,9 @@ class ImageSSM(nn.Module):
     def reset_ssm_parameters(self):
         """The Mamba initialisation (spec 3.3); the generic Linear init never touches these."""
         dt_min, dt_max, dt_floor = self._dt_range
-        nn.init.trunc_normal_(self.x_proj_weight, std=0.02)
+        # nn.Linear's default init (fan_in = d_inner): the authors stack Linear weights (spec 3.6).
+        x_bound = self.x_proj_weight.shape[-1] ** -0.5
+        nn.init.uniform_(self.x_proj_weight, -x_bound, x_bound)
         bound = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_proj_weight, -bound, bound)
         dt = torch.exp(torch.rand_like(self.dt_proj_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
@@ -88,5 +90,6 @@ class ImageSSM(nn.Module):
             bs.contiguous(), cs.contiguous(), D=self.Ds.float(), delta_bias=self.dt_proj_bias.reshape(-1).float(),
             delta_softplus=True, backend=self.scan_backend,
         )
-        y = cross_merge(ys.view(b, k, d, -1), h, w)
+        # The merge and the symmetry step stay in float32 under autocast, like the scan's arithmetic.
+        y = cross_merge(ys.to(torch.promote_types(ys.dtype, torch.float32)).view(b, k, d, -1), h, w)
         return self.symmetry(y)

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from models import HybriMamba, forward_padded
@@ -276,8 +277,56 @@ def test_ssm_initialisation_survives_the_generic_init():
     assert ssm.dt_proj_weight.abs().max() <= ssm.dt_rank ** -0.5
     assert abs(ssm.dt_proj_weight.std().item() - ssm.dt_rank ** -0.5 / math.sqrt(3)) < 0.1
     assert ssm.symmetry.alpha.item() == pytest.approx(0.3)
-    in_proj = model.enc1.blocks[0].mixer[0].block.in_proj.weight
-    assert abs(in_proj.std().item() - 0.02) < 0.003 and abs(in_proj.mean().item()) < 0.003
+
+
+def test_x_proj_keeps_the_default_linear_init():
+    # nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = d_inner (spec 3.6).
+    torch.manual_seed(0)
+    model = HybriMamba(embed_dim=32, depth=1, n_layers=1)
+    ssm = model.enc0.blocks[0].mixer[0].block.ssm
+    bound = 48 ** -0.5
+    w = ssm.x_proj_weight
+    assert w.shape[-1] == 48
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+
+
+def test_every_conv_and_linear_module_starts_from_normal_0_02_with_zero_bias():
+    torch.manual_seed(0)
+    model = HybriMamba(embed_dim=16, depth=1, n_layers=1)
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    kinds = {type(m) for _, m in layers}
+    assert kinds == {nn.Conv2d, nn.Linear} and len(layers) > 50
+    pooled = []
+    for name, m in layers:
+        w = m.weight.detach().flatten()
+        n = w.numel()
+        # The sample std of n normal draws has a relative spread of about 1/sqrt(2n).
+        assert abs(w.std().item() / 0.02 - 1) < 5 / math.sqrt(2 * n) + 1e-3, name
+        assert abs(w.mean().item()) < 5 * 0.02 / math.sqrt(n), name
+        if m.bias is not None:
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
+        pooled.append(w)
+    pooled = torch.cat(pooled)
+    assert pooled.std().item() == pytest.approx(0.02, rel=0.01)
+    # Normal, not uniform: the kurtosis of a normal is 3 (a uniform's is 1.8).
+    assert (pooled / pooled.std()).pow(4).mean().item() == pytest.approx(3.0, abs=0.1)
+
+
+def test_both_leaky_relus_have_slope_0_01():
+    model = tiny_model()
+    slopes = [m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)]
+    assert slopes == [0.01, 0.01]
+    assert model.shallow[1].negative_slope == 0.01 and model.reconstruct[1].negative_slope == 0.01
+
+
+def test_cross_merge_and_symmetry_stay_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    ssm = ImageSSM(8, d_state=4, scan_backend="torch")
+    x = torch.randn(1, 8, 4, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ssm(x.bfloat16())
+    assert y.dtype == torch.float32
 
 
 def test_optimizer_groups_exclude_a_log_and_d_from_weight_decay():

@@ -80,7 +80,7 @@ def free_port():
 def test_short_run_learns_and_writes_logs_visuals_and_checkpoints(tmp_path):
     faces = make_faces(tmp_path / "faces", 2, seed=1)
     trainer = run_training(tmp_path, faces, "short", "--max_iters", "30", "--lr", "2e-3", "--lr_milestones", "100",
-                           "--print_freq", "5", "--visual_freq", "10", "--save_latest_freq", "10",
+                           "--print_freq", "1", "--visual_freq", "10", "--save_latest_freq", "10",
                            "--save_iter_freq", "15", "--val_dataroot", str(faces), "--val_freq", "15",
                            "--ema", "0.8")
     exp, ckpt = tmp_path / "check_points" / "short", tmp_path / "ckpt" / "short"
@@ -92,8 +92,9 @@ def test_short_run_learns_and_writes_logs_visuals_and_checkpoints(tmp_path):
 
     events = EventAccumulator(str(exp / "tb")).Reload()
     losses = {e.step: e.value for e in events.Scalars("train/loss_l1")}
-    assert sorted(losses) == [5, 10, 15, 20, 25, 30]
-    assert np.mean([losses[25], losses[30]]) < 0.8 * np.mean([losses[5], losses[10]])
+    assert sorted(losses) == list(range(1, 31))
+    # From the init's residual (std about 1, spec 3.6) the loss falls within a few steps.
+    assert np.mean([losses[i] for i in range(26, 31)]) < 0.8 * losses[1]
     assert {e.step for e in events.Scalars("train/lr")} == set(losses)
 
     # Validation: recompute PSNR/SSIM-Y of best.pt's EMA weights on the un-augmented pairs, LR made with PIL here.
