@@ -1,10 +1,10 @@
-"""Selective scan with one interface and three backends (ARCHITECTURE.md section 3.4).
+"""Selective scan with one interface and four backends (ARCHITECTURE.md section 3.4).
 
 ``selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True, backend="auto")`` takes the
 layout of mamba-ssm's ``selective_scan_fn``: u, delta (Bt, K*Dn, L); A (K*Dn, N); B, C (Bt, K, N, L)
-or (Bt, N, L); D, delta_bias (K*Dn,). Backends: ``cuda`` (mamba-ssm's kernels), ``torch`` (the
-chunked pure-PyTorch scan), ``ref`` (the sequential oracle); ``auto`` picks cuda when it can run
-on the tensors' device, else torch.
+or (Bt, N, L); D, delta_bias (K*Dn,). Backends: ``cuda`` (mamba-ssm's kernels), ``triton`` (the fused
+Triton kernels), ``torch`` (the chunked pure-PyTorch scan), ``ref`` (the sequential oracle); ``auto``
+picks cuda when it can run on the tensors' device, else triton on a CUDA device, else torch.
 """
 import logging
 
@@ -14,20 +14,32 @@ from models.selective_scan import cuda_backend
 from models.selective_scan.chunked import selective_scan_chunked
 from models.selective_scan.cuda_backend import cuda_unavailable_reason
 from models.selective_scan.reference import selective_scan_ref
+from models.selective_scan.triton_backend import selective_scan_triton, triton_unavailable_reason
 from utils.errors import UserError
 
-BACKENDS = ("auto", "torch", "ref", "cuda")
+BACKENDS = ("auto", "torch", "ref", "cuda", "triton")
 _IMPLEMENTATIONS = {"torch": selective_scan_chunked, "ref": selective_scan_ref,
-                    "cuda": cuda_backend.selective_scan_cuda}
+                    "cuda": cuda_backend.selective_scan_cuda, "triton": selective_scan_triton}
 _logged = set()
 
-__all__ = ["BACKENDS", "selective_scan", "resolve_backend", "cuda_unavailable_reason"]
+__all__ = ["BACKENDS", "selective_scan", "resolve_backend", "cuda_unavailable_reason", "triton_unavailable_reason"]
+
+
+def _auto_choice(device, cuda_reason):
+    """(backend, why the faster ones cannot run or None) for 'auto': cuda, else triton on a CUDA device, else torch."""
+    if cuda_reason is None:
+        return "cuda", None
+    why = f"cuda unavailable: {cuda_reason}"
+    if torch.device(device).type != "cuda":
+        return "torch", why
+    triton_reason = triton_unavailable_reason(device)
+    return ("triton", why) if triton_reason is None else ("torch", f"{why}; triton unavailable: {triton_reason}")
 
 
 def resolve_backend(name, device):
-    """The backend ('cuda', 'torch' or 'ref') that ``name`` means for tensors on ``device``; logged once.
+    """The backend ('cuda', 'triton', 'torch' or 'ref') that ``name`` means for tensors on ``device``; logged once.
 
-    Raises UserError for an unknown name or for 'cuda' where the kernels cannot run.
+    Raises UserError for an unknown name or for 'cuda' or 'triton' where its kernels cannot run.
     """
     if name not in BACKENDS:
         raise UserError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -35,11 +47,15 @@ def resolve_backend(name, device):
     reason = cuda_unavailable_reason(device) if name in ("auto", "cuda") else None
     if name == "cuda" and reason is not None:
         raise UserError(f"--scan_backend cuda cannot run: {reason}; --scan_backend torch works everywhere")
-    resolved = ("torch" if reason else "cuda") if name == "auto" else name
+    if name == "triton":
+        triton_reason = triton_unavailable_reason(device)
+        if triton_reason is not None:
+            raise UserError(f"--scan_backend triton cannot run: {triton_reason}; --scan_backend torch works everywhere")
+    resolved, why = _auto_choice(device, reason) if name == "auto" else (name, None)
     key = (name, resolved, device_type)
     if key not in _logged:
         _logged.add(key)
-        why = f"; cuda unavailable: {reason}" if reason else ""
+        why = f"; {why}" if why else ""
         logging.getLogger("hybrimamba").info(
             "selective scan: backend '%s' (%s on %s%s)", resolved, name, device_type, why)
     return resolved

@@ -1,0 +1,168 @@
+"""The triton selective-scan backend: its kernels compile for real GPUs (without one), its dispatch and
+errors, its interpreter tests against the float64 oracle (tests/interpreter, in a subprocess with
+TRITON_INTERPRET=1) and, on a CUDA GPU, the compiled kernels against the oracle.
+"""
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models.selective_scan as scan_pkg
+from models.selective_scan import resolve_backend, selective_scan, triton_backend
+from models.selective_scan.reference import selective_scan_ref
+from tests.test_selective_scan import assert_agree, fresh_probe, make_inputs, run  # noqa: F401 (fixture)
+from utils.errors import UserError
+
+triton = pytest.importorskip("triton", reason="triton is not installed (it ships with torch's CUDA builds on Linux)")
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU runs the "
+                               "kernels only in Triton's interpreter, tested by test_interpreter_suite)")
+# Pointers that hold float32 whatever the inputs: A, D, delta_bias (the network's), states, partial sums.
+FLOAT32_POINTERS = {"a_ptr", "d_ptr", "bias_ptr", "states_ptr", "ga_ptr", "gb_ptr", "gc_ptr", "gd_ptr", "gbias_ptr"}
+
+
+def kernel_signature(kernel, data_type):
+    """Triton's signature of ``kernel``: data pointers of ``data_type``, int32 sizes, constexpr flags."""
+    def arg_type(name):
+        if name.endswith("_ptr"):
+            return "*fp32" if name in FLOAT32_POINTERS else f"*{data_type}"
+        return "constexpr" if name.isupper() else "i32"
+    return {name: arg_type(name) for name in kernel.arg_names}
+
+
+@pytest.mark.skipif(INTERPRETED, reason="TRITON_INTERPRET=1 replaces the kernels by interpreted functions")
+@pytest.mark.parametrize("arch, data_type, flags", [(90, "bf16", True), (80, "fp32", False)])
+@pytest.mark.parametrize("kernel_name", ["scan_forward_kernel", "scan_backward_kernel"])
+def test_kernels_compile_for_gpus_without_spilling(kernel_name, arch, data_type, flags, tmp_path):
+    # The network's scan (N=8 states) at the default launch shape, compiled to PTX and a cubin by
+    # Triton's own ptxas; then ptxas's report: at most a few words spilled to local memory.
+    from triton.backends.compiler import GPUTarget
+
+    from models.selective_scan import triton_kernels
+
+    kernel = getattr(triton_kernels, kernel_name)
+    chunk, block_d, n_block = triton_backend.launch_shape(width=48, n_state=8, length=1024)
+    constexprs = {"N_BLOCK": n_block, "BLOCK_D": block_d, "CHUNK": chunk, "HAS_D": flags, "HAS_BIAS": flags,
+                  "SOFTPLUS": flags, "SAVE_STATES": flags}
+    constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
+    compiled = triton.compile(triton.compiler.ASTSource(kernel, kernel_signature(kernel, data_type), constexprs),
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": triton_backend.NUM_WARPS})
+    ptx = compiled.asm["ptx"]
+    target = re.search(rf"^\.target (sm_{arch}a?)\b", ptx, re.M)
+    assert target and len(compiled.asm["cubin"]) > 1000
+    ptx_file = tmp_path / "kernel.ptx"
+    ptx_file.write_text(ptx)
+    report = subprocess.run([triton.knobs.nvidia.ptxas.path, "-v", f"--gpu-name={target[1]}", str(ptx_file), "-o",
+                             str(tmp_path / "kernel.cubin")], capture_output=True, text=True, check=True).stderr
+    assert re.search(r"Used \d+ registers", report), report
+    assert [int(n) <= 16 for n in re.findall(r"(\d+) bytes spill stores", report)] == [True], report
+
+
+def test_interpreter_suite():
+    """tests/interpreter in Triton's interpreter: set before triton is imported, hence a subprocess."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/interpreter"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the interpreter runs the kernels on the CPU")
+def test_triton_on_cpu_is_a_one_line_error():
+    inputs = {k: v.detach() for k, v in make_inputs(bt=1, groups=2, width=2, n=3, length=10).items()}
+    for call in (lambda: resolve_backend("triton", "cpu"), lambda: selective_scan(**inputs, backend="triton")):
+        with pytest.raises(UserError) as err:
+            call()
+        message = str(err.value)
+        assert "--scan_backend triton cannot run" in message and "TRITON_INTERPRET=1" in message
+        assert "--scan_backend torch" in message and "\n" not in message
+
+
+def test_triton_runs_on_cuda_devices():
+    assert triton_backend.triton_unavailable_reason("cuda") is None
+    assert "need a CUDA device" in triton_backend.triton_unavailable_reason("mps")
+
+
+def test_missing_triton_is_named(monkeypatch):
+    monkeypatch.delitem(sys.modules, "models.selective_scan.triton_kernels", raising=False)
+    monkeypatch.delattr(scan_pkg, "triton_kernels", raising=False)
+    monkeypatch.setitem(sys.modules, "triton", None)  # as if not installed
+    reason = triton_backend.triton_unavailable_reason("cuda")
+    assert reason.startswith("triton cannot be imported") and "\n" not in reason
+
+
+def test_auto_on_cuda_picks_cuda_then_triton_then_torch(monkeypatch, caplog, fresh_probe):
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    monkeypatch.setattr(scan_pkg, "_logged", set())
+    with caplog.at_level(logging.INFO, logger="hybrimamba"):
+        assert resolve_backend("auto", "cuda") == "triton"
+        assert resolve_backend("auto", "cpu") == "torch"  # the interpreter is for tests only
+        monkeypatch.setattr(scan_pkg, "triton_unavailable_reason", lambda device: "no triton here")
+        assert resolve_backend("auto", "cuda") == "torch"
+        with pytest.raises(UserError, match="--scan_backend triton cannot run: no triton here"):
+            resolve_backend("triton", "cuda")
+    messages = [r.getMessage() for r in caplog.records if r.name == "hybrimamba"]
+    assert messages == [
+        "selective scan: backend 'triton' (auto on cuda; cuda unavailable: mamba-ssm not installed)",
+        "selective scan: backend 'torch' (auto on cpu; cuda unavailable: mamba-ssm not installed)",
+        "selective scan: backend 'torch' (auto on cuda; cuda unavailable: mamba-ssm not installed; "
+        "triton unavailable: no triton here)"]
+    monkeypatch.setattr(scan_pkg, "cuda_unavailable_reason", lambda device: None)
+    assert resolve_backend("auto", "cuda") == "cuda"
+
+
+# ---- on a CUDA GPU: the compiled kernels ----
+
+@cuda_only
+@pytest.mark.parametrize("length", [77, 4096])
+def test_triton_on_cuda_matches_float64_ref(length):
+    inputs64 = make_inputs(bt=2, groups=4, width=12, n=8, length=length, seed=length)
+    inputs32 = {k: v.detach().float().cuda().requires_grad_() for k, v in inputs64.items()}
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    got = run(selective_scan, inputs32, backend="triton")
+    peak = torch.cuda.max_memory_allocated() - base
+    assert got[0].is_cuda and got[0].dtype == torch.float32
+    assert_agree(got, run(selective_scan_ref, inputs64), 1e-4)
+    full_states = 2 * 48 * 8 * length * 4  # bytes of a (Bt, K*Dn, N, L) float32 tensor
+    assert length < 1024 or peak < full_states / 2
+
+
+@cuda_only
+def test_triton_on_cuda_bfloat16_within_bfloat16_tolerance():
+    inputs = {k: v.detach().bfloat16().cuda().requires_grad_()
+              for k, v in make_inputs(bt=2, groups=4, width=12, n=8, length=300, seed=5).items()}
+    got = run(selective_scan, inputs, backend="triton")
+    assert got[0].dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in got[1:])
+    exact = run(selective_scan_ref, {k: v.detach().double().requires_grad_() for k, v in inputs.items()})
+    assert_agree(got, exact, 1e-2)
+
+
+@cuda_only
+def test_network_with_triton_on_cuda_matches_torch_compiled_too(monkeypatch):
+    from models import HybriMamba
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    x = torch.rand(2, 3, 32, 24, device="cuda") * 2 - 1
+    results = []
+    for backend, compiled in (("torch", False), ("triton", False), ("triton", True)):
+        torch.manual_seed(0)
+        net = HybriMamba(embed_dim=8, depth=1, n_layers=1, scan_backend=backend).cuda()
+        if compiled:
+            net.compile()
+        y = net(x)
+        y.square().mean().backward()
+        results.append((y.detach(), torch.cat([p.grad.flatten() for p in net.parameters()])))
+    (y0, g0), *others = results
+    for y, g in others:
+        assert torch.allclose(y, y0, atol=1e-4, rtol=1e-4)
+        assert ((g - g0).abs().max() / g0.abs().max()).item() < 1e-3
