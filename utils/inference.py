@@ -97,7 +97,10 @@ def build_model(opt, device):
         flags = "/".join(f"--{k}" for k in NETWORK_OPTIONS)
         raise UserError(f"{err}; it stores no network options, so pass the {flags} it was trained with") from None
     shape = " ".join(f"{k} {v}" for k, v in config.items())
-    return model.eval().to(device), f"{what}; network {shape}"
+    model = model.eval().to(device)
+    if opt.compile:
+        model.compile()
+    return model, f"{what}; network {shape}"
 
 
 def check_ground_truth(hr_dir, stems, load_size):

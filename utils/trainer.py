@@ -151,6 +151,8 @@ class Trainer:
         self.scaler = make_grad_scaler(opt.amp == "fp16")
         self.model = wrap_model(net, plan)
         self.ema = ModelEMA(self.model, opt.ema) if opt.ema > 0 else None
+        if opt.compile:  # in place, after the EMA's copy: state_dict keys and unwrap() stay as they are
+            self.model.compile()
 
         self.epoch = 0             # epochs completed
         self.batch_in_epoch = 0    # batches of the current epoch completed
