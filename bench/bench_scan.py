@@ -1,13 +1,15 @@
-"""Benchmark of the selective-scan backends: the chunked `torch` scan against the sequential `ref` loop.
+"""Benchmark of the selective-scan backends at the network's stage shapes.
 
 For the stage shapes of the network (ARCHITECTURE.md section 2, K=4 directions, N=8 states) it
-prints forward and forward+backward wall time and peak memory of both backends side by side,
-the speed-ups, their geometric mean, and the full network's forward latency with each backend.
+prints forward and forward+backward wall time and peak memory of each backend side by side, the
+speed-ups over the first backend, and the full network's forward latency with each backend.
+Defaults: on the CPU, the chunked `torch` scan against the sequential `ref` loop at B = 1 and 8;
+on CUDA, `torch` against the fused `triton` kernels (and mamba-ssm's `cuda` when it loads) at B = 8 and 32.
 Every (shape, batch, backend) case runs in its own subprocess, so on CPU the peak memory is that process's peak resident set size (ru_maxrss)
 above its size once the inputs exist; on CUDA it is torch.cuda.max_memory_allocated above the
 inputs. Times are the minimum over the repeats (the least disturbed by other load).
 
-    python bench/bench_scan.py [--quick] [--device cpu|cuda] [--batch 1 8] [--threads N]
+    python bench/bench_scan.py [--quick] [--device cpu|cuda] [--batch 1 8] [--backends ref torch] [--threads N]
 """
 import argparse
 import json
@@ -113,13 +115,25 @@ def format_row(cells, widths):
     return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
 
 
+def default_backends(device):
+    """ref and torch on the CPU; torch, triton and, when mamba-ssm's kernels load, cuda on a GPU."""
+    if not device.startswith("cuda"):
+        return ["ref", "torch"]
+    from models.selective_scan import cuda_unavailable_reason
+    return ["torch", "triton"] + (["cuda"] if cuda_unavailable_reason(device) is None else [])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 8; --quick: 1)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch sizes (default 1 8 on the CPU, 8 32 on CUDA; --quick: the first)")
+    parser.add_argument("--backends", nargs="+", default=None, choices=["ref", "torch", "triton", "cuda"],
+                        help="backends, the first is the baseline (default: ref torch on the CPU, "
+                             "torch triton [cuda] on CUDA)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per case, best kept (default 3; --quick: 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="batch 1 only, one timed run per case")
+    parser.add_argument("--quick", action="store_true", help="the first batch size only, one timed run per case")
     parser.add_argument("--worker", nargs=4, metavar=("BACKEND", "BATCH", "L", "CHANNELS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -134,42 +148,50 @@ def main(argv=None):
     import torch
     from tqdm import tqdm
 
-    batches = args.batch or ([1] if args.quick else [1, 8])
+    cuda = args.device.startswith("cuda")
+    backends = args.backends or default_backends(args.device)
+    batches = args.batch or ([8, 32] if cuda else [1, 8])
+    batches = batches[:1] if args.quick else batches
     cases = [(b, length, ch) for b in batches for length, ch in STAGE_SHAPES]
     threads = args.threads or torch.get_num_threads()
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {threads} threads"
+    device_name = torch.cuda.get_device_name(0) if cuda else f"CPU, {threads} threads"
     print(f"selective scan, K={GROUPS} N={STATES}, {device_name}; times: best of {args.repeats}, "
-          f"memory: peak above the inputs")
-    header = ["B", "L", "K*Dn", "ref fwd ms", "torch fwd ms", "fwd x", "ref f+b ms", "torch f+b ms", "f+b x",
-              "ref MB", "torch MB", "mem ratio"]
+          f"memory: peak above the inputs; speed-ups: fwd+bwd over '{backends[0]}'")
+    header = ["B", "L", "K*Dn"] + [f"{b} {what}" for b in backends for what in ("fwd ms", "f+b ms", "MB")]
+    header += [f"{b} x" for b in backends[1:]]
     widths = [max(len(h), 5) for h in header]
-    rows, speedups, ratios = [], [], []
+    rows, speedups, ratios = [], {b: [] for b in backends[1:]}, {b: [] for b in backends[1:]}
     for batch, length, channels in tqdm(cases, desc="cases", file=sys.stderr):
-        ref = measure("ref", batch, length, channels, args)
-        fast = measure("torch", batch, length, channels, args)
-        speedups.append(ref["fwdbwd_s"] / fast["fwdbwd_s"])
-        ratios.append(fast["peak_mb"] / ref["peak_mb"])
-        rows.append([batch, length, channels, f"{ref['fwd_s'] * 1e3:.0f}", f"{fast['fwd_s'] * 1e3:.0f}",
-                     f"{ref['fwd_s'] / fast['fwd_s']:.1f}", f"{ref['fwdbwd_s'] * 1e3:.0f}",
-                     f"{fast['fwdbwd_s'] * 1e3:.0f}", f"{speedups[-1]:.1f}", f"{ref['peak_mb']:.0f}",
-                     f"{fast['peak_mb']:.0f}", f"{ratios[-1]:.2f}"])
-        tqdm.write(format_row(rows[-1], widths), file=sys.stderr)
+        figures = {b: measure(b, batch, length, channels, args) for b in backends}
+        base = figures[backends[0]]
+        row = [batch, length, channels]
+        for b in backends:
+            row += [f"{figures[b]['fwd_s'] * 1e3:.1f}", f"{figures[b]['fwdbwd_s'] * 1e3:.1f}",
+                    f"{figures[b]['peak_mb']:.0f}"]
+        for b in backends[1:]:
+            speedups[b].append(base["fwdbwd_s"] / figures[b]["fwdbwd_s"])
+            ratios[b].append(figures[b]["peak_mb"] / max(base["peak_mb"], 1e-9))
+            row.append(f"{speedups[b][-1]:.1f}")
+        rows.append(row)
+        tqdm.write(format_row(row, widths), file=sys.stderr)
     print(format_row(header, widths))
     for row in rows:
         print(format_row(row, widths))
-    geomean = math.exp(sum(map(math.log, speedups)) / len(speedups))
-    met = geomean >= TARGET_SPEEDUP and min(speedups) >= 1.0 and max(ratios) <= TARGET_MEMORY_RATIO
-    print(f"fwd+bwd speed-up torch vs ref: geometric mean {geomean:.2f}x, min {min(speedups):.2f}x; "
-          f"peak memory torch/ref: max {max(ratios):.2f}")
-    print(f"target (>= {TARGET_SPEEDUP:g}x geometric mean, never slower, <= {TARGET_MEMORY_RATIO:g} memory): "
-          f"{'met' if met else 'NOT met'}")
+    for b in backends[1:]:
+        geomean = math.exp(sum(map(math.log, speedups[b])) / len(speedups[b]))
+        print(f"fwd+bwd speed-up {b} vs {backends[0]}: geometric mean {geomean:.2f}x, min {min(speedups[b]):.2f}x; "
+              f"peak memory {b}/{backends[0]}: max {max(ratios[b]):.2f}")
+        if (backends[0], b) == ("ref", "torch"):
+            met = geomean >= TARGET_SPEEDUP and min(speedups[b]) >= 1.0 and max(ratios[b]) <= TARGET_MEMORY_RATIO
+            print(f"target (>= {TARGET_SPEEDUP:g}x geometric mean, never slower, <= {TARGET_MEMORY_RATIO:g} memory): "
+                  f"{'met' if met else 'NOT met'}")
     from models import HybriMamba
     from models.complexity import measure_latency
 
-    for backend in ("torch", "ref"):
+    for backend in backends:
         model = HybriMamba(scan_backend=backend).to(args.device)
         latency = measure_latency(model, repeats=args.repeats)
-        print(f"HybriMamba forward at 1x3x128x128, scan backend '{backend}': {latency * 1e3:.0f} ms")
+        print(f"HybriMamba forward at 1x3x128x128, scan backend '{backend}': {latency * 1e3:.1f} ms")
     return 0
 
 

@@ -24,8 +24,8 @@ if str(ROOT) not in sys.path:
 from bench.process_memory import peak_rss_mb  # noqa: E402 (needs ROOT on sys.path)
 
 
-def run_case(batch, backend, amp, steps, size, activation_checkpointing=False):
-    """Time ``steps`` training steps after one warm-up; returns a dict of figures."""
+def run_case(batch, backend, amp, steps, size, activation_checkpointing=False, compile_network=False):
+    """Time ``steps`` training steps after one warm-up (which compiles, with ``compile_network``); returns a dict of figures."""
     import torch
     import torch.nn.functional as F
 
@@ -35,6 +35,8 @@ def run_case(batch, backend, amp, steps, size, activation_checkpointing=False):
     torch.manual_seed(0)
     net = HybriMamba(scan_backend=backend).to(device).train()
     net.set_activation_checkpointing(activation_checkpointing)
+    if compile_network:
+        net.compile()
     optimizer = torch.optim.AdamW(net.optimizer_param_groups(0.02), lr=4e-4, betas=(0.9, 0.99))
     lr_img = torch.rand(batch, 3, size, size, device=device) * 2 - 1
     hr = (lr_img + 0.1 * torch.randn_like(lr_img)).clamp(-1, 1)
@@ -84,30 +86,34 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batches 1 4, one timed step, ref only at batch 1")
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 4 8)")
-    parser.add_argument("--backends", nargs="+", default=["torch", "ref"], choices=["torch", "ref", "cuda"])
+    parser.add_argument("--backends", nargs="+", default=["torch", "ref"], choices=["torch", "ref", "cuda", "triton"])
     parser.add_argument("--amp", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 3, quick 1)")
     parser.add_argument("--size", type=int, default=128, help="image side")
     parser.add_argument("--activation_checkpointing", action="store_true",
                         help="recompute block activations in the backward (train.py's option of that name)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (train.py's option of that name); the warm-up step compiles")
     parser.add_argument("--case_timeout", type=float, default=3600, help="seconds before a case is abandoned")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args(argv)
     steps = args.steps or (1 if args.quick else 3)
     if args.case:
         batch, backend, amp = args.case.split(",")
-        print(json.dumps(run_case(int(batch), backend, amp, steps, args.size, args.activation_checkpointing)))
+        print(json.dumps(run_case(int(batch), backend, amp, steps, args.size, args.activation_checkpointing,
+                                  args.compile)))
         return 0
     args.batches = args.batches or ([1, 4] if args.quick else [1, 4, 8])
     print(f"training step at {args.size}x{args.size}, embed_dim 32 (paper config), {steps} timed step(s) "
-          f"after one warm-up{', activation checkpointing' if args.activation_checkpointing else ''}; "
+          f"after one warm-up{', activation checkpointing' if args.activation_checkpointing else ''}"
+          f"{', torch.compile' if args.compile else ''}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'batch':>5} {'backend':>7} {'amp':>5} {'s/step':>9} {'images/s':>9} {'peak MiB':>9} {'step MiB':>9}  device")
     for batch, backend, amp in cases(args):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{batch},{backend},{amp}",
                "--steps", str(steps), "--size", str(args.size)]
-        if args.activation_checkpointing:
-            cmd.append("--activation_checkpointing")
+        cmd += [flag for flag, on in (("--activation_checkpointing", args.activation_checkpointing),
+                                      ("--compile", args.compile)) if on]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, cwd=ROOT)
         except subprocess.TimeoutExpired:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# What a CUDA machine adds to `make test`, in one run of a few minutes, most telling first:
-#   the CUDA tests, the training benchmark, a short bf16 training run of the seed's command on real
-#   CelebA faces (validation, checkpoints, resume), test.py with PSNR/SSIM/LPIPS on its output, and
-#   the whole test suite.
+# What a CUDA machine adds to `make test`, in one run of about 15 minutes, most telling first:
+#   the CUDA tests (the triton scan against the float64 oracle, bf16, the network compiled), the
+#   training benchmark (seed command at batch 32 bf16: triton, triton + --compile, torch), the scan
+#   benchmark (torch / triton / cuda at the stage shapes, B = 8 and 32), a short bf16 training run of
+#   the seed's command on real CelebA faces (validation, checkpoints, resume), test.py with
+#   PSNR/SSIM/LPIPS on its output, and the whole test suite.
 # Usage: bash bench/gpu_check.sh OUT_DIR [SHARED_DIR]
 #   SHARED_DIR holds data/celeba_align/{train,val} and weights/alexnet_imagenet_features.pth
 #   (default ../shared). Logs go to OUT_DIR/logs.tar.gz; a summary is printed.
-#   BUDGET=seconds (default 540) bounds the whole run: later steps shrink or are skipped.
+#   BUDGET=seconds (default 840) bounds the whole run: later steps shrink or are skipped.
 set -u
 OUT_DIR=$(realpath -m "${1:?usage: bash bench/gpu_check.sh OUT_DIR [SHARED_DIR]}")
 SHARED=$(realpath "${2:-../shared}")
@@ -15,7 +17,7 @@ WORK=$(mktemp -d)
 LOGS=$WORK/logs
 mkdir -p "$OUT_DIR" "$LOGS"
 export PYTHONUNBUFFERED=1 HYBRIMAMBA_SHARED=$SHARED
-END=$((SECONDS + ${BUDGET:-540}))
+END=$((SECONDS + ${BUDGET:-840}))
 
 # step NAME SECONDS CMD...: run with a time limit, log to logs/NAME.log, print its status and tail.
 step() {
@@ -31,10 +33,13 @@ step() {
 
 step env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
     $PY -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())'"
-step cuda_tests 90 $PY -m pytest -v -rs -k "cuda or gpu" tests/test_selective_scan.py tests/test_network.py tests/test_lpips.py
-# fp32 at batch 32 needs about 80 GB of activations.
-TAIL=9 step bench_train 120 bash -c "$PY bench/bench_train.py --backends torch --batches 1 8 --steps 2 --case_timeout 60 &&
-    $PY bench/bench_train.py --backends torch --batches 32 --amp bf16 --steps 2 --case_timeout 60"
+step cuda_tests 240 $PY -m pytest -v -rs -k "cuda or gpu" tests/test_selective_scan.py tests/test_triton_scan.py \
+    tests/test_network.py tests/test_lpips.py
+# The targets: batch 32 bf16 at >= 100 images/s in <= 25 GB. (torch fp32 at batch 32 needs about 80 GB.)
+TAIL=12 step bench_train 240 bash -c "$PY bench/bench_train.py --backends triton --batches 32 --amp bf16 --steps 3 --case_timeout 90;
+    $PY bench/bench_train.py --backends triton --batches 32 --amp bf16 --steps 3 --compile --case_timeout 150;
+    $PY bench/bench_train.py --backends torch --batches 8 32 --amp bf16 --steps 2 --case_timeout 60"
+TAIL=16 step bench_scan 150 $PY bench/bench_scan.py --device cuda --repeats 1
 step prepare 60 bash -c "$PY -m data.prepare_celeba --src '$SHARED/data/celeba_align/train' --out '$WORK/train' &&
     $PY -m data.prepare_celeba --src '$SHARED/data/celeba_align/val' --out '$WORK/val' --make_test_lr"
 

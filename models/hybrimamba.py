@@ -61,7 +61,7 @@ class HybriMamba(nn.Module):
         return self.reconstruct(d) + x
 
     def set_scan_backend(self, name):
-        """Switch the selective-scan backend of every Image-SSM ('auto', 'torch', 'ref' or 'cuda')."""
+        """Switch the selective-scan backend of every Image-SSM (one of selective_scan.BACKENDS)."""
         if name not in BACKENDS:
             raise ValueError(f"scan_backend must be one of {', '.join(BACKENDS)}, not {name!r}")
         for module in self.modules():
