@@ -29,17 +29,23 @@ def _compose(decay_a, drive_a, decay_b, drive_b):
 
 @triton.jit
 def _step_sizes(delta_ptr, rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(dt, d dt / d(delta + bias)) at steps t of the rows (BLOCK_D, CHUNK); dt = 0 where masked."""
+    """(dt, d dt / d(delta + bias)) at steps t of the rows (BLOCK_D, CHUNK). Masked steps (past L) have
+    u = gy = 0 and B = C = 0, so their dt never reaches a result."""
     x = tl.load(delta_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x += bias[:, None]
     if SOFTPLUS:
-        dt = tl.where(x > SOFTPLUS_LINEAR_FROM, x, tl.log(1.0 + tl.exp(x)))
+        # log1p(e) as log(w) e / (w - 1) with w = 1 + e (exact to rounding, unlike log(1 + e) for small
+        # e: the network's initial dt, 1e-3..1e-1, has e of that size).
+        e = tl.exp(tl.minimum(x, SOFTPLUS_LINEAR_FROM))
+        w = 1.0 + e
+        small = w == 1.0
+        dt = tl.where(x > SOFTPLUS_LINEAR_FROM, x, tl.where(small, e, tl.log(w) * (e / tl.where(small, 1.0, w - 1.0))))
         slope = 1.0 / (1.0 + tl.exp(-x))
     else:
         dt = x
         slope = tl.full(x.shape, 1.0, tl.float32)
-    return tl.where(mask, dt, 0.0), slope
+    return dt, slope
 
 
 @triton.jit
