@@ -14,9 +14,9 @@ from torch import Tensor
 from models.selective_scan.layout import check_arguments
 
 # Elements of one (BLOCK_D x N x CHUNK) register tile and warps per program. Chosen without a GPU at
-# hand, by ptxas's register report for sm_90: at 2048 elements (8 channels x N=8 x 32 steps) and 8
-# warps the backward needs 174 registers a thread and spills none; at 4096 it spills. Speed is for
-# bench/bench_scan.py to measure.
+# hand, by ptxas's register report: at 2048 elements (8 channels x N=8 x 32 steps) and 8 warps the
+# backward needs 174 registers a thread on sm_90 and spills nothing (sm_80: 4 bytes); at 4096 it
+# spills hundreds of bytes. Speed is for bench/bench_scan.py to measure.
 TILE_ELEMENTS = 2048
 DEFAULT_CHUNK = 32
 NUM_WARPS = 8
