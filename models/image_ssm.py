@@ -85,9 +85,11 @@ class ImageSSM(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_proj_weight)
+        # The SSM parameters in at least float32 (a float64 model keeps them in float64).
+        precise = torch.promote_types(self.A_logs.dtype, torch.float32)
         ys = selective_scan(
-            xs.reshape(b, k * d, -1), dts.reshape(b, k * d, -1), -torch.exp(self.A_logs.float()),
-            bs.contiguous(), cs.contiguous(), D=self.Ds.float(), delta_bias=self.dt_proj_bias.reshape(-1).float(),
+            xs.reshape(b, k * d, -1), dts.reshape(b, k * d, -1), -torch.exp(self.A_logs.to(precise)),
+            bs.contiguous(), cs.contiguous(), D=self.Ds.to(precise), delta_bias=self.dt_proj_bias.reshape(-1).to(precise),
             delta_softplus=True, backend=self.scan_backend,
         )
         # The merge and the symmetry step stay in float32 under autocast, like the scan's arithmetic.
