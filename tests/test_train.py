@@ -1,5 +1,6 @@
 """Training: a short run learns and writes logs/checkpoints, exact resume, DDP, non-finite loss, devices."""
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import torch.multiprocessing as mp
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from models import HybriMamba
+import utils.trainer as trainer_module
+from models import HybriMamba, image_ssm
 from options import TrainOptions
+from tests import network_oracle
 from tests.conftest import ROOT
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.distributed import plan_devices, unwrap
@@ -23,7 +26,7 @@ from utils.image_tensor import to_tensor, to_uint8
 from utils.metrics import evaluate_pair
 from utils.train_data import ResumableSampler, SeededSamples
 from utils.train_logging import image_grid
-from utils.trainer import NonFiniteError, rng_state, set_rng_state, train
+from utils.trainer import NonFiniteError, Trainer, rng_state, set_rng_state, train
 
 SIZE = 16
 TINY = ["--embed_dim", "8", "--depth", "1", "--n_layers", "1"]
@@ -131,16 +134,50 @@ def test_image_grid_layout():
 
 
 # ------------------------------------------------------------------ exact resume
+def record_steps(monkeypatch):
+    """Make every training step draw from ``random``, ``numpy.random`` and ``torch`` (as a dropout layer
+    or a user's augmentation would) and record those draws with the batch the step trained on, as
+    {run name: {iteration: record}}."""
+    steps = {}
+    train_step = Trainer.train_step
+
+    def drawing_step(self, batch):
+        steps.setdefault(self.opt.name, {})[self.iteration + 1] = {
+            "random": random.random(), "numpy": np.random.random(), "torch": torch.rand(3),
+            "HR": batch["HR"].clone(), "LR": batch["LR"].clone()}
+        return train_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", drawing_step)
+    return steps
+
+
+def assert_same_steps(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].keys() == b[key].keys()
+        for what in a[key]:
+            same = torch.equal(a[key][what], b[key][what]) if what in ("torch", "HR", "LR") else a[key][what] == b[key][what]
+            assert same, f"step {key}: {what} differs"
+
+
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, faces6, workers):
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, faces6, workers, monkeypatch):
     # 6 images, batch 2: 3 iterations per epoch. Stop mid-epoch (4), cross LR milestones, EMA and clipping on.
     common = ("--num_threads", workers, "--lr_milestones", "1", "2", "--ema", "0.9", "--grad_clip", "0.5",
               "--lr", "1e-3", "--seed", "7")
+    steps = record_steps(monkeypatch)
     run_training(tmp_path, faces6, "straight", *common, "--max_iters", "8")
     run_training(tmp_path, faces6, "resumed", *common, "--max_iters", "4")
     first_half = load_checkpoint(tmp_path / "ckpt" / "resumed" / "latest.pt")
     assert (first_half["iteration"], first_half["epoch"], first_half["batch_in_epoch"]) == (4, 1, 1)
     run_training(tmp_path, faces6, "resumed", *common, "--max_iters", "8", "--continue_train")
+
+    # The draws of the global RNGs, the data order and the augmentation after the resume are the
+    # uninterrupted run's; a fresh seed would repeat the first steps' draws instead.
+    straight, resumed = steps["straight"], steps["resumed"]
+    assert sorted(straight) == sorted(resumed) == list(range(1, 9))
+    assert_same_steps(resumed, straight)
+    assert straight[5]["random"] != straight[1]["random"] and not torch.equal(straight[5]["HR"], straight[2]["HR"])
 
     a = load_checkpoint(tmp_path / "ckpt" / "straight" / "latest.pt")
     b = load_checkpoint(tmp_path / "ckpt" / "resumed" / "latest.pt")
@@ -176,13 +213,104 @@ def test_resume_on_fewer_gpus_restores_the_cuda_rng_states_it_can(monkeypatch):
     assert [s[0].item() for s in restored[0]] == [0, 1]
 
 
-def test_bf16_autocast_trains_float32_weights_and_fp16_needs_cuda(tmp_path, faces6):
-    trainer = run_training(tmp_path, faces6, "bf16", "--amp", "bf16", "--max_iters", "2", "--ema", "0.5")
+def record_precision(monkeypatch):
+    """Record what a training run computes in which dtype: the output dtypes of the nn.Linear and
+    nn.Conv2d modules (by name), the input dtypes of the FFTs, the first selective-scan call
+    (arguments and result) and the loss of each step. ``take(record)`` returns what the last run recorded and clears it."""
+    record = {"layers": {}, "fft": set(), "scan": [], "loss": []}
+    build, scan, fft, ifft, step = trainer_module.HybriMamba, image_ssm.selective_scan, torch.fft.rfft2, \
+        torch.fft.irfft2, Trainer.train_step
+
+    def network(*args, **kwargs):
+        net = build(*args, **kwargs)
+        with torch.no_grad():
+            # D = 0: the scan's output is then its recurrence alone, which the skip term D*u
+            # would otherwise swamp at bf16 resolution.
+            for name, p in net.named_parameters():
+                if name.endswith("Ds"):
+                    p.zero_()
+        for name, module in net.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.register_forward_hook(
+                    lambda mod, inputs, out, name=name: record["layers"].setdefault(name, set()).add(out.dtype))
+        return net
+
+    def recording_scan(*args, **kwargs):
+        y = scan(*args, **kwargs)
+        if not record["scan"]:
+            # Copies: D and the dt bias can be views of parameters that the optimizer step updates.
+            call = dict(zip(("u", "delta", "A", "B", "C"), args), D=kwargs["D"], delta_bias=kwargs["delta_bias"], y=y)
+            record["scan"].append({k: v.detach().clone() for k, v in call.items()})
+        return y
+
+    def recording_fft(transform):
+        return lambda x, *args, **kwargs: record["fft"].add(x.dtype) or transform(x, *args, **kwargs)
+
+    def recording_step(self, batch):
+        loss, sr = step(self, batch)
+        record["loss"].append(loss)
+        return loss, sr
+
+    monkeypatch.setattr(trainer_module, "HybriMamba", network)
+    monkeypatch.setattr(image_ssm, "selective_scan", recording_scan)
+    monkeypatch.setattr(torch.fft, "rfft2", recording_fft(fft))
+    monkeypatch.setattr(torch.fft, "irfft2", recording_fft(ifft))
+    monkeypatch.setattr(Trainer, "train_step", recording_step)
+    return record
+
+
+def take(record):
+    taken = {k: v.copy() for k, v in record.items()}
+    for value in record.values():
+        value.clear()
+    return taken
+
+
+def oracle_scan(call):
+    """The float64 sequential scan of tests/network_oracle.py on a recorded selective-scan call
+    (mamba-ssm layout: u, delta (Bt, K*D, L); A (K*D, N); B, C (Bt, K, N, L); D, delta_bias (K*D,))."""
+    u, delta, a, b, c, d, bias = (call[k].double() for k in ("u", "delta", "A", "B", "C", "D", "delta_bias"))
+    groups = b.shape[1]
+    dt = network_oracle.softplus(delta + bias[:, None])
+    y = network_oracle.sequential_scan(u.unflatten(1, (groups, -1)), dt.unflatten(1, (groups, -1)),
+                                       a.unflatten(0, (groups, -1)), b, c, d.unflatten(0, (groups, -1)))
+    return y.flatten(1, 2)
+
+
+def test_bf16_autocast_computes_layers_in_bf16_and_the_scan_and_fft_in_float32(tmp_path, faces6, monkeypatch):
+    record = record_precision(monkeypatch)
+    run_training(tmp_path, faces6, "fp32", "--max_iters", "1")
+    fp32 = take(record)
+    trainer = run_training(tmp_path, faces6, "bf16", "--amp", "bf16", "--max_iters", "1", "--ema", "0.5")
+    bf16 = take(record)
+    # Every convolution and linear layer in bf16, except the 1x1 convs on the FFT's amplitudes.
+    assert fp32["layers"].keys() == bf16["layers"].keys() and len(fp32["layers"]) > 20
+    assert all(dtypes == {torch.float32} for dtypes in fp32["layers"].values())
+    assert all(dtypes == {torch.float32 if ".fourier." in name else torch.bfloat16}
+               for name, dtypes in bf16["layers"].items())
+    assert fp32["fft"] == bf16["fft"] == {torch.float32, torch.complex64}
+    # The same weights and batch: bf16 moves the loss by more than float32 rounding could, and by
+    # less than bf16's 8-bit mantissa allows.
+    assert 1e-5 < abs(bf16["loss"][0] / fp32["loss"][0] - 1) < 2 ** -8
+
+    # The scan gets bf16 activations and accumulates in float32: its result is the exact scan of
+    # those inputs rounded once to bf16 (an error of at most 2^-8 relative), not the drift of a
+    # bf16 recurrence (about 1e-2 of the largest value).
+    call = bf16["scan"][0]
+    y = call["y"]
+    assert call["u"].dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    exact = oracle_scan(call)
+    excess = ((y.double() - exact).abs() - 2 ** -8 * exact.abs()).max().item() / exact.abs().max().item()
+    assert excess < 1e-6
+
     state = load_checkpoint(tmp_path / "ckpt" / "bf16" / "latest.pt")
-    assert state["iteration"] == 2 and state["options"]["amp"] == "bf16"
+    assert state["iteration"] == 1 and state["options"]["amp"] == "bf16"
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state["model"].values()
                if v.is_floating_point())
     assert trainer.amp_dtype == torch.bfloat16
+
+
+def test_fp16_needs_cuda(tmp_path, faces6):
     with pytest.raises(UserError, match="--amp fp16 needs CUDA"):
         run_training(tmp_path, faces6, "fp16", "--amp", "fp16", "--max_iters", "1")
 
