@@ -8,7 +8,7 @@ each call sees:
 - selective scan: 9*B*L*D*N + B*D*L FLOPs (D counts all four directions), the count mamba-ssm
   uses for its reference scan (discretisation, state update, output, D skip);
 - rfft2 / irfft2: 2.5*N*log2(N) FLOPs per real channel of N pixels each (half a complex FFT);
-- Haar DWT and inverse: 4 FLOPs per output value each.
+- Haar DWT and inverse: 4 FLOPs per output value each (odd sides padded to even).
 FLOPs = 2 * MACs for the multiply-accumulate parts; natively counted FLOPs are halved for the MAC column.
 """
 import contextlib
@@ -74,7 +74,8 @@ def _extra_ops(module, inputs):
         fft = 2 * 2.5 * b * c * h * w * math.log2(h * w)
         return {"FFT (rfft2 + irfft2)": (fft / 2, fft)}
     if isinstance(module, WaveletBranch):
-        haar = 2 * 4 * x.numel()
+        b, c, h, w = x.shape
+        haar = 2 * 4 * b * c * (h + h % 2) * (w + w % 2)  # odd sides are padded to even first
         return {"Haar DWT + IDWT": (haar / 2, haar)}
     return {}
 
