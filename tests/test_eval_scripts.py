@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from tests.y_oracle import float_formula_y, with_traps, y_channel
 from utils.errors import UserError
 from utils.folder_eval import evaluate_folders
 from utils.side_by_side import GAP, LABEL_HEIGHT
@@ -48,13 +49,9 @@ def load(path):
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def reference_metrics(gt, sr, rgb=False):
-    """Independent PSNR/SSIM: the section 5 formula in float64 (truncated), skimage's SSIM."""
-    def y(img):
-        r, g, b = (img[..., i].astype(np.float64) for i in range(3))
-        return np.floor(16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255)
-
-    a, b = (gt.astype(np.float64), sr.astype(np.float64)) if rgb else (y(gt), y(sr))
+def reference_metrics(gt, sr, rgb=False, convention="truncate", y=y_channel):
+    """Independent PSNR/SSIM: the section 5 Y in exact integers (tests/y_oracle.py), skimage's SSIM."""
+    a, b = (gt.astype(np.float64), sr.astype(np.float64)) if rgb else (y(gt, convention), y(sr, convention))
     p = 10 * math.log10(255 ** 2 / np.mean((a - b) ** 2))
     s = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255,
                               channel_axis=2 if rgb else None)
@@ -67,10 +64,11 @@ def printed(stdout, label):
 
 @pytest.fixture
 def folders(tmp_path):
-    """GT as PNG, SR as JPEG/BMP/PNG under the same stems, plus one SR-only file that shifts sort positions."""
+    """GT as PNG, SR as JPEG/BMP/PNG under the same stems, plus one SR-only file that shifts sort positions.
+    The GT holds colours whose Y a floating-point truncation gets wrong."""
     gt_dir, sr_dir = tmp_path / "gt", tmp_path / "sr"
     for i, (stem, ext) in enumerate([("b_face", ".jpg"), ("c_face", ".bmp"), ("d_face", ".png")]):
-        gt = face_like(40, 32, i)
+        gt = with_traps(face_like(40, 32, i))
         save(gt_dir / f"{stem}.png", gt)
         save(sr_dir / f"{stem}{ext}", noisy(gt, 10 + i))
     save(sr_dir / "a_extra.png", face_like(40, 32, 99))
@@ -98,6 +96,11 @@ def test_psnr_ssim_cli_pairs_by_stem_across_extensions(folders, tmp_path):
         assert Path(row["sr"]).stem == row["name"]
     assert printed(res.stdout, "PSNR") == pytest.approx(np.mean([p for p, _ in expected.values()]), abs=6e-5)
     assert printed(res.stdout, "SSIM") == pytest.approx(np.mean([s for _, s in expected.values()]), abs=6e-5)
+    # The check can tell exact truncation from a float formula's.
+    stem = next(iter(expected))
+    sr = load(next(sr_dir.glob(f"{stem}.*")))
+    naive = reference_metrics(load(gt_dir / f"{stem}.png"), sr, y=lambda img, _: float_formula_y(img))
+    assert abs(naive[0] - expected[stem][0]) > 1e-6
 
 
 def test_psnr_ssim_cli_rgb_and_rounding(folders):
@@ -111,6 +114,10 @@ def test_psnr_ssim_cli_rgb_and_rounding(folders):
     assert printed(res.stdout, "SSIM") == pytest.approx(np.mean([s for _, s in refs]), abs=6e-5)
     res = run("psnr_ssim.py", gt_dir, sr_dir, "--y_convention", "round")
     assert res.returncode == 0 and "rounded" in res.stdout
+    refs = [reference_metrics(load(gt_dir / f"{p.stem}.png"), load(p), convention="round")
+            for p in sorted(sr_dir.iterdir())]
+    assert printed(res.stdout, "PSNR") == pytest.approx(np.mean([p for p, _ in refs]), abs=6e-5)
+    assert printed(res.stdout, "SSIM") == pytest.approx(np.mean([s for _, s in refs]), abs=6e-5)
 
 
 def assert_one_line_error(res, *needles):

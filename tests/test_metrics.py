@@ -8,6 +8,7 @@ import pytest
 from skimage.color import rgb2ycbcr
 from skimage.metrics import structural_similarity
 
+from tests.y_oracle import FLOAT_FORMULA_TRAPS, float_formula_y, with_traps, y_channel
 from utils.image_io import read_rgb
 from utils.metrics import evaluate_pair, psnr, rgb_to_y, ssim
 
@@ -111,6 +112,18 @@ def test_y_conventions_against_the_formula_on_every_colour():
                 assert value == exact_y(colour, convention)
             undecided += int((~clear).sum())
     assert 0 < undecided < 1000
+
+
+def test_y_oracle_and_its_float_formula_traps():
+    """tests/y_oracle.py, which the CLI tests use, against exact rationals; its trap colours are
+    ones where a floating-point truncation of the formula comes out one below."""
+    traps = np.array(FLOAT_FORMULA_TRAPS, dtype=np.uint8)
+    colours = np.concatenate([traps, np.random.default_rng(3).integers(0, 256, (200, 3), dtype=np.uint8)])
+    for convention in ("truncate", "round"):
+        assert y_channel(colours, convention).tolist() == [exact_y(c, convention) for c in colours]
+        np.testing.assert_array_equal(rgb_to_y(colours, convention), y_channel(colours, convention))
+    np.testing.assert_array_equal(float_formula_y(traps), y_channel(traps) - 1)
+    assert with_traps(np.zeros((2, 3, 3), np.uint8)).reshape(-1, 3).tolist() == traps.tolist()
 
 
 def test_y_keeps_the_image_shape_and_rejects_non_rgb():
