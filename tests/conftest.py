@@ -12,11 +12,20 @@ if str(ROOT) not in sys.path:
 SHARED = Path(os.environ.get("HYBRIMAMBA_SHARED", ROOT.parent / "shared"))
 
 
+def in_ci():
+    """True when the environment variable CI is set (as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def shared_path(*parts):
-    """A path under the shared data folder, or skip the test with the reason it is absent."""
+    """A path under the shared data folder; if it is absent, skip the test with the reason, or fail
+    it under CI, where a lost data folder must not turn into a green run with tests skipped."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is absent (real data lives beside the repository in development and CI only)")
+        reason = f"{path} is absent (real data lives beside the repository in development and CI only)"
+        if in_ci():
+            pytest.fail(f"{reason}; CI needs it: put it there or point HYBRIMAMBA_SHARED at it", pytrace=False)
+        pytest.skip(reason)
     return path
 
 

@@ -1,0 +1,140 @@
+"""Mutation check: realistic one-line bugs, each applied to a temporary copy of the repository,
+where the tests that guard against it must then fail.
+
+    python tests/mutations.py           # every mutation (a few minutes on two cores)
+    python tests/mutations.py --list
+    python tests/mutations.py gate_sigmoid resume_rng
+
+It runs only each mutation's guarding tests (they pass on the unmutated tree: `make test` runs
+first in .ci/run). A mutation whose text is no longer in its file is reported as stale: the code
+moved on, so update the mutation's text rather than dropping it. Exit status 1 if any mutation
+survives or is stale.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.conftest import SHARED  # noqa: E402  (needs the repository root on sys.path)
+
+ORACLE = ("tests/test_network_oracle.py",)
+RESUME = ("tests/test_train.py::test_resume_is_bit_identical_to_an_uninterrupted_run[0]",)
+BF16 = ("tests/test_train.py::test_bf16_autocast_computes_layers_in_bf16_and_the_scan_and_fft_in_float32",)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple
+    bug: str
+
+
+MUTATIONS = (
+    Mutation("gate_sigmoid", "models/mamba_block.py", "self.out_norm(y) * F.silu(z)",
+             "self.out_norm(y) * F.sigmoid(z)", ORACLE, "the Mamba block's gate SiLU(z) becomes sigmoid(z)"),
+    Mutation("decoder_skip", "models/hybrimamba.py", "torch.cat((self.up1(d), s1), dim=1)",
+             "torch.cat((self.up1(d), self.up1(d)), dim=1)", ORACLE,
+             "the second decoder stage gets up1(d) twice instead of (up1(d), s1)"),
+    Mutation("fwm_input_twice", "models/fwm.py", "return x + self.fourier(x) + self.wavelet(x)",
+             "return 2 * x + self.fourier(x) + self.wavelet(x)", ORACLE,
+             "FWM adds its input twice (the authors' code)"),
+    Mutation("symmetry_vertical", "models/image_ssm.py", "mirrored = (y + y.flip(-1)) * 0.5",
+             "mirrored = (y + y.flip(-2)) * 0.5", ORACLE, "the symmetry term mirrors vertically"),
+    Mutation("merge_columns", "models/image_ssm.py", "cols.view(b, d, w, h).transpose(2, 3)",
+             "cols.view(b, d, h, w)", ORACLE, "column-major scans merged back without the transpose"),
+    Mutation("haar_pads_first", "models/haar.py", "F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))",
+             "F.pad(x, (x.shape[-1] % 2, 0, x.shape[-2] % 2, 0))", ORACLE,
+             "odd sides zero-padded at the start instead of the end"),
+    Mutation("leaky_slope", "models/hybrimamba.py", "LEAKY_SLOPE = 0.01", "LEAKY_SLOPE = 0.2", ORACLE,
+             "LeakyReLU slope 0.2 instead of PyTorch's default 0.01"),
+    Mutation("resume_rng", "utils/trainer.py", "        set_rng_state(rngs[self.plan.rank % len(rngs)])\n", "",
+             RESUME, "resume no longer restores the RNG states"),
+    Mutation("autocast_off", "utils/trainer.py", "enabled=self.amp_dtype is not None)", "enabled=False)", BF16,
+             "--amp bf16 with autocast disabled inside the trainer"),
+    Mutation("scan_in_bf16", "models/selective_scan/layout.py",
+             "return torch.float64 if u.dtype == torch.float64 else torch.float32", "return u.dtype", BF16,
+             "the scan accumulates in its inputs' dtype (bf16 under autocast)"),
+    Mutation("y_float_truncation", "utils/metrics.py", "return (numer // _Y_DENOM).astype(np.float64)",
+             "return np.floor(16 + img.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255)",
+             ("tests/test_eval_scripts.py::test_psnr_ssim_cli_pairs_by_stem_across_extensions",),
+             "Y truncated from the float formula instead of the exact integers"),
+    Mutation("scan_flops", "models/complexity.py", "scan = 9 * b * length * k * d * n", "scan = 8 * b * length * k * d * n",
+             ("tests/test_param.py::test_complexity_totals_by_hand",), "param.py counts 8 FLOPs per scan step, not 9"),
+)
+
+
+def copy_repository(dest):
+    """The tracked and untracked-but-not-ignored files of the working tree (what `make test` sees)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        source = ROOT / rel
+        if source.is_file():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def run_mutation(mutation, tree):
+    """(outcome, seconds, failed test ids); outcome 'caught', 'SURVIVED', 'STALE' or 'ERROR'."""
+    path = tree / mutation.path
+    original = path.read_text()
+    if original.count(mutation.old) != 1:
+        return "STALE", 0.0, [f"{mutation.path}: the text to mutate occurs {original.count(mutation.old)} times"]
+    path.write_text(original.replace(mutation.old, mutation.new))
+    env = {**os.environ, "HYBRIMAMBA_SHARED": str(SHARED), "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+                              cwd=tree, env=env, capture_output=True, text=True, timeout=1200)
+    finally:
+        path.write_text(original)
+    seconds = time.perf_counter() - start
+    failed = [line.split()[1] for line in done.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    if done.returncode == 0:
+        return "SURVIVED", seconds, []
+    if done.returncode == 1:
+        return "caught", seconds, failed
+    return "ERROR", seconds, [done.stdout[-2000:] + done.stderr[-2000:]]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args(argv)
+    known = {m.name: m for m in MUTATIONS}
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name:<20} {m.bug}")
+        return 0
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        parser.error(f"unknown mutation(s) {', '.join(unknown)}; --list shows them")
+    chosen = [known[n] for n in args.names] or list(MUTATIONS)
+    bad = 0
+    with tempfile.TemporaryDirectory(prefix="hybrimamba-mutations-") as tmp:
+        tree = Path(tmp) / "repo"
+        copy_repository(tree)
+        for mutation in chosen:
+            outcome, seconds, details = run_mutation(mutation, tree)
+            bad += outcome != "caught"
+            print(f"{mutation.name:<20} {outcome:<9} {seconds:6.1f} s  {mutation.bug}", flush=True)
+            for line in details:
+                print(f"    {line}")
+    print(f"mutation check: {len(chosen) - bad} of {len(chosen)} caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
