@@ -68,7 +68,8 @@ MUTATIONS = (
              "return np.floor(16 + img.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255)",
              ("tests/test_eval_scripts.py::test_psnr_ssim_cli_pairs_by_stem_across_extensions",),
              "Y truncated from the float formula instead of the exact integers"),
-    Mutation("scan_flops", "models/complexity.py", "scan = 9 * b * length * k * d * n", "scan = 8 * b * length * k * d * n",
+    Mutation("scan_flops", "models/complexity.py", "scan = 9 * b * length * k * d * n",
+             "scan = 8 * b * length * k * d * n",
              ("tests/test_param.py::test_complexity_totals_by_hand",), "param.py counts 8 FLOPs per scan step, not 9"),
 )
 

@@ -21,6 +21,15 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors in a Python loop: more intra-op threads only add overhead."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def perturbed_float64_model(config, seed=0):
     """The project's model in float64 with every parameter moved off its initial value."""
     torch.manual_seed(seed)
@@ -29,9 +38,8 @@ def perturbed_float64_model(config, seed=0):
         for name, p in model.named_parameters():
             if name.endswith("A_logs"):
                 p.add_(torch.rand_like(p) * 0.5)
-            elif p.dim() >= 2:
-                fan_in = p[0].numel()
-                p.add_(torch.randn_like(p) * 0.5 / fan_in ** 0.5)
+            elif p.dim() >= 2:  # weights: noise scaled by the entries of one output row (a conv's fan-in)
+                p.add_(torch.randn_like(p) * 0.5 / p[0].numel() ** 0.5)
             else:
                 p.add_(torch.randn_like(p) * 0.2)
     return model
@@ -80,15 +88,6 @@ def capture_parts(model, parts, x):
 def max_error(got, want):
     assert got.shape == want.shape
     return (got - want).abs().max().item()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors in a Python loop: more intra-op threads only add overhead."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class Case:

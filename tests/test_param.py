@@ -91,7 +91,8 @@ def functional_flops_by_hand(c, h, w, depth=1, n_layers=1, expand=1.5, d_state=8
         tokens, di, rank, n = sh * sw, int(expand * d), math.ceil(d / 16), d_state
         padded = di * (sh + sh % 2) * (sw + sw % 2)
         for _ in range(depth * n_layers):
-            flops[name, "Image-SSM projections (einsum)"] += 2 * (4 * tokens * di * (rank + 2 * n) + 4 * tokens * rank * di)
+            projections = 4 * tokens * di * (rank + 2 * n) + 4 * tokens * rank * di
+            flops[name, "Image-SSM projections (einsum)"] += 2 * projections
             flops[name, "selective scan"] += 9 * tokens * 4 * di * n + 4 * di * tokens
             flops[name, "FFT (rfft2 + irfft2)"] += 2 * 2.5 * di * tokens * math.log2(tokens)
             flops[name, "Haar DWT + IDWT"] += 4 * padded + 4 * padded
