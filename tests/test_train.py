@@ -155,8 +155,9 @@ def assert_same_steps(a, b):
     assert a.keys() == b.keys()
     for key in a:
         assert a[key].keys() == b[key].keys()
-        for what in a[key]:
-            same = torch.equal(a[key][what], b[key][what]) if what in ("torch", "HR", "LR") else a[key][what] == b[key][what]
+        for what, value in a[key].items():
+            other = b[key][what]
+            same = torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
             assert same, f"step {key}: {what} differs"
 
 
@@ -216,10 +217,10 @@ def test_resume_on_fewer_gpus_restores_the_cuda_rng_states_it_can(monkeypatch):
 def record_precision(monkeypatch):
     """Record what a training run computes in which dtype: the output dtypes of the nn.Linear and
     nn.Conv2d modules (by name), the input dtypes of the FFTs, the first selective-scan call
-    (arguments and result) and the loss of each step. ``take(record)`` returns what the last run recorded and clears it."""
+    (arguments and result) and the loss of each step. ``take(record)`` returns what the last run
+    recorded and clears it."""
     record = {"layers": {}, "fft": set(), "scan": [], "loss": []}
-    build, scan, fft, ifft, step = trainer_module.HybriMamba, image_ssm.selective_scan, torch.fft.rfft2, \
-        torch.fft.irfft2, Trainer.train_step
+    build, scan, step = trainer_module.HybriMamba, image_ssm.selective_scan, Trainer.train_step
 
     def network(*args, **kwargs):
         net = build(*args, **kwargs)
@@ -253,8 +254,8 @@ def record_precision(monkeypatch):
 
     monkeypatch.setattr(trainer_module, "HybriMamba", network)
     monkeypatch.setattr(image_ssm, "selective_scan", recording_scan)
-    monkeypatch.setattr(torch.fft, "rfft2", recording_fft(fft))
-    monkeypatch.setattr(torch.fft, "irfft2", recording_fft(ifft))
+    monkeypatch.setattr(torch.fft, "rfft2", recording_fft(torch.fft.rfft2))
+    monkeypatch.setattr(torch.fft, "irfft2", recording_fft(torch.fft.irfft2))
     monkeypatch.setattr(Trainer, "train_step", recording_step)
     return record
 
