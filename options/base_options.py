@@ -13,7 +13,7 @@ from utils.errors import UserError
 
 # The options that define the network; they travel with every checkpoint.
 NETWORK_OPTIONS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
-SCAN_BACKENDS = ("auto", "cuda", "triton", "torch", "ref")
+SCAN_BACKENDS = ("auto", "cuda", "triton", "cpp", "torch", "ref")
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -95,7 +95,7 @@ class BaseOptions:
                         help="DataLoader worker processes (0 = load in the main process)")
         hw.add_argument("--scan_backend", choices=SCAN_BACKENDS, default="auto",
                         help="selective-scan implementation: auto = cuda (mamba-ssm) on GPU if installed, else "
-                             "triton on GPU, else torch")
+                             "triton on GPU; on CPU the compiled cpp scan if it builds; else torch")
         hw.add_argument("--compile", action="store_true",
                         help="torch.compile the network: slower start (compiling), faster steps on a GPU")
 

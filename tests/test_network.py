@@ -170,7 +170,7 @@ def naive_image_ssm(ssm, x):
     return y + 0.2 * ((1 - wgt) * y + wgt * (y + y.flip(-1)) / 2)
 
 
-@pytest.mark.parametrize("backend", ["ref", "torch"])
+@pytest.mark.parametrize("backend", ["ref", "torch", "cpp"])
 def test_image_ssm_matches_a_naive_implementation(backend):
     torch.manual_seed(1)
     ssm = ImageSSM(6, d_state=4, dt_rank=2, scan_backend=backend).double()

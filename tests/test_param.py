@@ -10,6 +10,7 @@ import torch
 
 from models import HybriMamba
 from models.complexity import count_complexity
+from models.selective_scan import cpu_kernel
 from tests.conftest import ROOT
 
 TINY_ARGS = ["--embed_dim", "8", "--depth", "1", "--n_layers", "1"]
@@ -169,7 +170,8 @@ def test_param_script_json_and_table():
     stats = json.loads(out.stdout)
     model = HybriMamba(embed_dim=8, depth=1, n_layers=1)
     assert stats["params"] == sum(p.numel() for p in model.parameters())
-    assert stats["input"] == [1, 3, 16, 24] and stats["latency_s"] > 0 and stats["scan_backend"] == "torch"
+    assert stats["input"] == [1, 3, 16, 24] and stats["latency_s"] > 0
+    assert stats["scan_backend"] == ("cpp" if cpu_kernel.cpp_unavailable_reason() is None else "torch")  # auto on CPU
     flops = 2 * sum(thop_by_hand(8, 16, 24).values()) + sum(functional_flops_by_hand(8, 16, 24).values())
     assert stats["flops"] == pytest.approx(flops, rel=1e-12) and stats["macs"] == pytest.approx(flops / 2, rel=1e-12)
     table = subprocess.run([sys.executable, "param.py", *TINY_ARGS, "--size", "16", "16", "--no_latency"],

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import models.selective_scan as scan_pkg
-from models.selective_scan import cuda_backend, cuda_unavailable_reason, resolve_backend, selective_scan
+from models.selective_scan import cpu_kernel, cuda_backend, cuda_unavailable_reason, resolve_backend, selective_scan
 from models.selective_scan.chunked import default_block_elements, selective_scan_chunked
 from models.selective_scan.reference import selective_scan_ref
 from utils.errors import UserError
@@ -175,6 +175,12 @@ def fresh_probe():
 
 
 @pytest.fixture
+def no_cpp(monkeypatch):
+    """As if the compiled CPU scan could not be built: auto on the CPU then means torch."""
+    monkeypatch.setattr(cpu_kernel, "cpp_unavailable_reason", lambda: "no C++ compiler (simulated)")
+
+
+@pytest.fixture
 def fake_mamba(monkeypatch, fresh_probe):
     """Fake mamba_ssm modules whose selective_scan_fn checks the call layout and delegates to the oracle."""
     calls = []
@@ -203,7 +209,7 @@ def fake_mamba(monkeypatch, fresh_probe):
     return calls
 
 
-def test_auto_picks_cuda_when_the_kernels_can_run(fake_mamba, monkeypatch):
+def test_auto_picks_cuda_when_the_kernels_can_run(fake_mamba, no_cpp, monkeypatch):
     assert cuda_unavailable_reason() == (None if torch.cuda.is_available() else "no CUDA device")
     assert resolve_backend("auto", "cpu") == "torch"  # the kernels need CUDA tensors
     with pytest.raises(UserError, match="--scan_backend torch works everywhere"):
@@ -241,7 +247,7 @@ BROKEN_INSTALLS = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_INSTALLS))
-def test_broken_install_gives_reason(case, tmp_path, monkeypatch, fresh_probe):
+def test_broken_install_gives_reason(case, tmp_path, monkeypatch, fresh_probe, no_cpp):
     package_init, interface_body, expected = BROKEN_INSTALLS[case]
     ops = tmp_path / "mamba_ssm" / "ops"
     ops.mkdir(parents=True)
@@ -261,20 +267,22 @@ def test_broken_install_gives_reason(case, tmp_path, monkeypatch, fresh_probe):
 def test_not_installed_and_unknown_backend(monkeypatch, fresh_probe):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     assert cuda_unavailable_reason() == "mamba-ssm not installed"
-    with pytest.raises(UserError, match="auto, torch, ref, cuda"):
+    with pytest.raises(UserError, match="auto, torch, ref, cuda, cpp"):
         resolve_backend("fast", "cpu")
 
 
-def test_backend_logged_once_per_choice(monkeypatch, caplog, fresh_probe):
+def test_backend_logged_once_per_choice(monkeypatch, caplog, fresh_probe, no_cpp):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     monkeypatch.setattr(scan_pkg, "_logged", set())
     with caplog.at_level(logging.INFO, logger="hybrimamba"):
         for _ in range(3):
             resolve_backend("auto", "cpu")
         resolve_backend("ref", "cpu")
+        resolve_backend("auto", "meta")
     messages = [r.getMessage() for r in caplog.records if r.name == "hybrimamba"]
-    assert messages == ["selective scan: backend 'torch' (auto on cpu; cuda unavailable: mamba-ssm not installed)",
-                        "selective scan: backend 'ref' (ref on cpu)"]
+    assert messages == ["selective scan: backend 'torch' (auto on cpu; cpp unavailable: no C++ compiler (simulated))",
+                        "selective scan: backend 'ref' (ref on cpu)",
+                        "selective scan: backend 'torch' (auto on meta; cuda unavailable: mamba-ssm not installed)"]
 
 
 def test_torch_scan_alternates_between_inference_mode_and_autograd():

@@ -3,33 +3,46 @@
 ``selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True, backend="auto")`` takes the
 layout of mamba-ssm's ``selective_scan_fn``: u, delta (Bt, K*Dn, L); A (K*Dn, N); B, C (Bt, K, N, L)
 or (Bt, N, L); D, delta_bias (K*Dn,). Backends: ``cuda`` (mamba-ssm's kernels), ``triton`` (the fused
-Triton kernels), ``torch`` (the chunked pure-PyTorch scan), ``ref`` (the sequential oracle); ``auto``
-picks cuda when it can run on the tensors' device, else triton on a CUDA device, else torch.
+Triton kernels), ``cpp`` (the compiled CPU scan, built on first use), ``torch`` (the chunked
+pure-PyTorch scan), ``ref`` (the sequential oracle); ``auto`` picks cuda when it can run on the
+tensors' device, else triton on a CUDA device, cpp on the CPU when it builds, else torch.
 """
 import logging
 
 import torch
 
-from models.selective_scan import cuda_backend
+from models.selective_scan import cpu_kernel, cuda_backend
 from models.selective_scan.chunked import selective_scan_chunked
 from models.selective_scan.cuda_backend import cuda_unavailable_reason
 from models.selective_scan.reference import selective_scan_ref
 from models.selective_scan.triton_backend import selective_scan_triton, triton_unavailable_reason
 from utils.errors import UserError
 
-BACKENDS = ("auto", "torch", "ref", "cuda", "triton")
+BACKENDS = ("auto", "torch", "ref", "cuda", "triton", "cpp")
 _IMPLEMENTATIONS = {"torch": selective_scan_chunked, "ref": selective_scan_ref,
-                    "cuda": cuda_backend.selective_scan_cuda, "triton": selective_scan_triton}
+                    "cuda": cuda_backend.selective_scan_cuda, "triton": selective_scan_triton,
+                    "cpp": cpu_kernel.selective_scan_cpp}
 _logged = set()
 
 __all__ = ["BACKENDS", "selective_scan", "resolve_backend", "cuda_unavailable_reason", "triton_unavailable_reason"]
 
 
+def _cpp_unavailable_reason(device_type):
+    """None if the compiled CPU scan can run on tensors on ``device_type`` (building it once), else why."""
+    if device_type != "cpu":
+        return f"tensors are on '{device_type}', the compiled scan runs on the CPU"
+    return cpu_kernel.cpp_unavailable_reason()
+
+
 def _auto_choice(device, cuda_reason):
-    """(backend, why the faster ones cannot run or None) for 'auto': cuda, else triton on a CUDA device, else torch."""
+    """(backend, why the faster ones cannot run or None) for 'auto': cuda, else triton on a CUDA device,
+    else cpp on the CPU, else torch."""
     if cuda_reason is None:
         return "cuda", None
     why = f"cuda unavailable: {cuda_reason}"
+    if torch.device(device).type == "cpu":
+        cpp_reason = _cpp_unavailable_reason("cpu")
+        return ("cpp", None) if cpp_reason is None else ("torch", f"cpp unavailable: {cpp_reason}")
     if torch.device(device).type != "cuda":
         return "torch", why
     triton_reason = triton_unavailable_reason(device)
@@ -37,9 +50,10 @@ def _auto_choice(device, cuda_reason):
 
 
 def resolve_backend(name, device):
-    """The backend ('cuda', 'triton', 'torch' or 'ref') that ``name`` means for tensors on ``device``; logged once.
+    """The backend ('cuda', 'triton', 'cpp', 'torch' or 'ref') that ``name`` means for tensors on ``device``;
+    logged once.
 
-    Raises UserError for an unknown name or for 'cuda' or 'triton' where its kernels cannot run.
+    Raises UserError for an unknown name or for 'cuda', 'triton' or 'cpp' where it cannot run.
     """
     if name not in BACKENDS:
         raise UserError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -51,6 +65,10 @@ def resolve_backend(name, device):
         triton_reason = triton_unavailable_reason(device)
         if triton_reason is not None:
             raise UserError(f"--scan_backend triton cannot run: {triton_reason}; --scan_backend torch works everywhere")
+    if name == "cpp":
+        cpp_reason = _cpp_unavailable_reason(device_type)
+        if cpp_reason is not None:
+            raise UserError(f"--scan_backend cpp cannot run: {cpp_reason}; --scan_backend torch works everywhere")
     resolved, why = _auto_choice(device, reason) if name == "auto" else (name, None)
     key = (name, resolved, device_type)
     if key not in _logged:

@@ -1,0 +1,159 @@
+"""The compiled CPU selective scan (cpu_scan.cpp beside this file), built on first use.
+
+torch.utils.cpp_extension compiles it with g++ and OpenMP into torch's extension folder
+(``TORCH_EXTENSIONS_DIR``, default ~/.cache/torch_extensions), so later processes load it in a
+second. The backward recomputes states from checkpoints saved every ``chunk`` steps by the forward.
+"""
+import contextlib
+import logging
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from models.selective_scan.layout import check_arguments, compute_dtype
+
+SOURCE = Path(__file__).with_name("cpu_scan.cpp")
+# Steps between saved states: the backward keeps 2*CHUNK*N states per block of channels in L1/L2
+# and saves N states per CHUNK steps (an eighth of u's size at N = 8, float32).
+CHUNK = 32
+_log = logging.getLogger("hybrimamba")
+_loaded = None  # (module or None, reason or None) once tried
+
+
+def build_options():
+    """(extension name, compiler flags). Not -march=native: torch's extension folder may be shared by
+    machines with different CPUs (a home directory on a cluster), and a binary using instructions
+    another CPU lacks dies there. AVX2+FMA only when this CPU has them, and the name says so, so a
+    machine without them builds and loads its own plain -O3 version."""
+    flags = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("AVX2", "AVX512"):
+        return "hybrimamba_cpu_scan_avx2", flags + ["-mavx2", "-mfma"]
+    return "hybrimamba_cpu_scan_generic", flags
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """Put pip's ninja on PATH while building: a venv's bin/ is not on PATH unless activated."""
+    path = os.environ.get("PATH", "")
+    try:
+        import ninja
+        if shutil.which("ninja") is None:
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
+def build_failure_reason(err):
+    """One line from a failed build: the compiler's first error line when there is one."""
+    lines = str(err).strip().splitlines() or [""]
+    for line in lines:
+        if re.search(r"error:|not found", line, re.IGNORECASE) and not line.startswith(("[", "FAILED")):
+            return line.strip()
+    return f"{type(err).__name__}: {lines[0]}"
+
+
+def _build():
+    """(module, None) or (None, one line why); logs once that it compiles, and how long it took."""
+    name, flags = build_options()
+    compiler = os.environ.get("CXX", "c++")  # what torch.utils.cpp_extension compiles with
+    if shutil.which(compiler) is None:
+        return None, f"no C++ compiler: '{compiler}' not found (install g++, or set CXX)"
+    # Importing cpp_extension logs a CUDA_HOME warning on machines without CUDA: not ours to show.
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        built = build_dir / f"{name}.so"
+        compiling = not built.exists() or built.stat().st_mtime < SOURCE.stat().st_mtime
+        if compiling:
+            _log.info("selective scan: compiling the C++ CPU kernel into %s (once, about a minute)", build_dir)
+        start = time.perf_counter()
+        with _ninja_on_path(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"])
+        if compiling:
+            _log.info("selective scan: compiled the C++ CPU kernel in %.0f s", time.perf_counter() - start)
+        return module, None
+    except Exception as err:  # a compiler, ninja or header problem: reported, never fatal under auto
+        return None, build_failure_reason(err)
+    finally:
+        torch_log.setLevel(level)
+
+
+def cpp_unavailable_reason():
+    """None if the compiled scan is loaded (building it on the first call), else one line why."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _build()
+    return _loaded[1]
+
+
+def reset():
+    """Forget the load result so the next call tries again (tests simulate a missing compiler)."""
+    global _loaded
+    _loaded = None
+
+
+def _extension():
+    reason = cpp_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"the cpp selective scan is unavailable: {reason}")
+    return _loaded[0]
+
+
+def _kernel_inputs(u, delta, A, B, C, D, delta_bias):
+    """Contiguous tensors in the compute dtype (float32 for bf16/fp16 inputs)."""
+    dtype = compute_dtype(u)
+    return [None if x is None else x.to(dtype).contiguous() for x in (u, delta, A, B, C, D, delta_bias)]
+
+
+class _CompiledScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
+        y, checkpoints = _extension().forward(*_kernel_inputs(u, delta, A, B, C, D, delta_bias),
+                                              delta_softplus, chunk, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, checkpoints)
+        ctx.options = (delta_softplus, chunk)
+        return y.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        *inputs, checkpoints = ctx.saved_tensors
+        delta_softplus, chunk = ctx.options
+        grads = _extension().backward(*_kernel_inputs(*inputs), delta_softplus, chunk, checkpoints,
+                                      grad_y.to(checkpoints.dtype).contiguous())
+        grads = [None if g is None or not needed else g.to(x.dtype)
+                 for g, x, needed in zip(grads, inputs, ctx.needs_input_grad)]
+        return (*grads, None, None)
+
+
+def selective_scan_cpp(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, chunk=CHUNK):
+    """The compiled scan with the layout and result of ``selective_scan_ref`` (CPU tensors).
+
+    u, delta: (Bt, K*Dn, L); A: (K*Dn, N); B, C: (Bt, K, N, L) or (Bt, N, L); D, delta_bias: (K*Dn,)
+    or None. Computes in float64 for float64 inputs, else float32; returns y in u's dtype. Without
+    autograd (no_grad, inference mode, or no input requiring grad) it saves no states.
+    """
+    B, C = check_arguments(u, delta, A, B, C, D, delta_bias)
+    tensors = (u, delta, A, B, C, D, delta_bias)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
+        return _CompiledScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
+    y, _ = _extension().forward(*_kernel_inputs(*tensors), delta_softplus, chunk, False)
+    return y.to(u.dtype)
+
+
+def vector_exp(x):
+    """The kernel's vectorised exp, elementwise (to measure its accuracy)."""
+    return _extension().vector_exp(x.contiguous())
