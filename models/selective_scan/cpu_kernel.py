@@ -5,10 +5,12 @@ torch.utils.cpp_extension compiles it with g++ and OpenMP into torch's extension
 second. The backward recomputes states from checkpoints saved every ``chunk`` steps by the forward.
 """
 import contextlib
+import getpass
 import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,12 +31,24 @@ def build_options():
     """(extension name, compiler flags). Not -march=native: torch's extension folder may be shared by
     machines with different CPUs (a home directory on a cluster), and a binary using instructions
     another CPU lacks dies there. AVX2+FMA only when this CPU has them, and the name says so, so a
-    machine without them builds and loads its own plain -O3 version."""
+    machine without them builds and loads its own plain -O3 version. The torch version is in the
+    name too: a binary built against another torch may not load."""
     flags = ["-O3", "-fopenmp", "-ffp-contract=fast"]
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability in ("AVX2", "AVX512"):
-        return "hybrimamba_cpu_scan_avx2", flags + ["-mavx2", "-mfma"]
-    return "hybrimamba_cpu_scan_generic", flags
+    name = "hybrimamba_cpu_scan_torch" + re.sub(r"\W", "_", torch.__version__)
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return name + "_avx2", flags + ["-mavx2", "-mfma"]
+    return name + "_generic", flags
+
+
+def _build_directory(cpp_extension, name):
+    """torch's extension folder for ``name``, or one in the temporary folder where that cannot be made
+    (a read-only home directory)."""
+    try:
+        return Path(cpp_extension._get_build_directory(name, verbose=False))
+    except OSError:
+        path = Path(tempfile.gettempdir()) / f"torch_extensions_{getpass.getuser()}" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 @contextlib.contextmanager
@@ -74,7 +88,7 @@ def _build():
     torch_log.setLevel(logging.ERROR)
     try:
         from torch.utils import cpp_extension
-        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        build_dir = _build_directory(cpp_extension, name)
         built = build_dir / f"{name}.so"
         compiling = not built.exists() or built.stat().st_mtime < SOURCE.stat().st_mtime
         if compiling:
@@ -82,7 +96,8 @@ def _build():
         start = time.perf_counter()
         with _ninja_on_path(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"])
+            module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                        build_directory=str(build_dir))
         if compiling:
             _log.info("selective scan: compiled the C++ CPU kernel in %.0f s", time.perf_counter() - start)
         return module, None
