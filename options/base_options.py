@@ -6,6 +6,7 @@ notice when set to anything but their default.
 """
 import argparse
 import difflib
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,13 @@ from utils.errors import UserError
 # The options that define the network; they travel with every checkpoint.
 NETWORK_OPTIONS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
 SCAN_BACKENDS = ("auto", "cuda", "triton", "cpp", "torch", "ref")
+
+
+def default_loader_workers():
+    """DataLoader workers: 4, but no more than the CPUs this process may use (more only contend, and
+    the DataLoader warns)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cpus)
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -91,7 +99,7 @@ class BaseOptions:
                         help="number of visible GPUs to use (DataParallel over the first N; "
                              "set CUDA_VISIBLE_DEVICES to choose which); 0 or no CUDA = CPU. "
                              "Under torchrun each process uses one GPU and this only switches CPU (0) vs GPU")
-        hw.add_argument("--num_threads", type=non_negative(int), default=4,
+        hw.add_argument("--num_threads", type=non_negative(int), default=default_loader_workers(),
                         help="DataLoader worker processes (0 = load in the main process)")
         hw.add_argument("--scan_backend", choices=SCAN_BACKENDS, default="auto",
                         help="selective-scan implementation: auto = cuda (mamba-ssm) on GPU if installed, else "

@@ -178,3 +178,11 @@ def test_resolved_options_saved_with_defaults_marked(tmp_path):
     lines = path.read_text().splitlines()
     assert "lr: 0.001\t[default: 0.0004]" in [ln.strip() for ln in lines]
     assert "batch_size: 32" in [ln.strip() for ln in lines]
+
+
+@pytest.mark.parametrize("cpus, workers", [(1, 1), (2, 2), (16, 4)])
+def test_default_loader_workers_fit_the_cpus(monkeypatch, cpus, workers):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    opt = TestOptions().parse(["--dataroot", "lr", "--pretrain_model_path", "m.pt"])
+    assert opt.num_threads == workers
+    assert TestOptions().parse(["--dataroot", "lr", "--pretrain_model_path", "m.pt", "--num_threads", "6"]).num_threads == 6
