@@ -6,7 +6,7 @@ subprocess: on the CPU its peak memory is the process's peak resident set size (
 including PyTorch itself; "step" is the growth over the RSS before the first step); on CUDA it
 is ``torch.cuda.max_memory_allocated``. One warm-up step precedes the timed steps.
 
-    python bench/bench_train.py            # batches 1 4 8, backends torch ref, fp32 and bf16
+    python bench/bench_train.py            # batches 1 4 8, backends auto torch ref, fp32 and bf16
     python bench/bench_train.py --quick    # batches 1 4, one timed step, ref only at batch 1
 """
 import argparse
@@ -30,6 +30,7 @@ def run_case(batch, backend, amp, steps, size, activation_checkpointing=False, c
     import torch.nn.functional as F
 
     from models import HybriMamba
+    from models.selective_scan import resolve_backend
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -64,7 +65,8 @@ def run_case(batch, backend, amp, steps, size, activation_checkpointing=False, c
     sync()
     seconds = (time.perf_counter() - start) / steps
     figures = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} "
-               f"threads)", "step_s": seconds, "images_per_s": batch / seconds}
+               f"threads)", "step_s": seconds, "images_per_s": batch / seconds,
+               "backend": resolve_backend(backend, device)}
     if device.type == "cuda":
         figures["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -86,7 +88,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batches 1 4, one timed step, ref only at batch 1")
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 4 8)")
-    parser.add_argument("--backends", nargs="+", default=["torch", "ref"], choices=["torch", "ref", "cuda", "triton"])
+    parser.add_argument("--backends", nargs="+", default=["auto", "torch", "ref"],
+                        choices=["auto", "cpp", "torch", "ref", "cuda", "triton"])
     parser.add_argument("--amp", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 3, quick 1)")
     parser.add_argument("--size", type=int, default=128, help="image side")
@@ -108,7 +111,7 @@ def main(argv=None):
           f"after one warm-up{', activation checkpointing' if args.activation_checkpointing else ''}"
           f"{', torch.compile' if args.compile else ''}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'batch':>5} {'backend':>7} {'amp':>5} {'s/step':>9} {'images/s':>9} {'peak MiB':>9} {'step MiB':>9}  device")
+    print(f"{'batch':>5} {'backend':>10} {'amp':>5} {'s/step':>9} {'images/s':>9} {'peak MiB':>9} {'step MiB':>9}  device")
     for batch, backend, amp in cases(args):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{batch},{backend},{amp}",
                "--steps", str(steps), "--size", str(args.size)]
@@ -117,16 +120,17 @@ def main(argv=None):
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, cwd=ROOT)
         except subprocess.TimeoutExpired:
-            print(f"{batch:>5} {backend:>7} {amp:>5}  timed out after {args.case_timeout:.0f} s", flush=True)
+            print(f"{batch:>5} {backend:>10} {amp:>5}  timed out after {args.case_timeout:.0f} s", flush=True)
             continue
         if done.returncode != 0:
             killed = f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else "no output"
             reason = (done.stderr.strip().splitlines() or [killed])[-1]
-            print(f"{batch:>5} {backend:>7} {amp:>5}  failed: {reason}", flush=True)
+            print(f"{batch:>5} {backend:>10} {amp:>5}  failed: {reason}", flush=True)
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         step_mb = f"{r['step_mb']:9.0f}" if "step_mb" in r else f"{'-':>9}"
-        print(f"{batch:>5} {backend:>7} {amp:>5} {r['step_s']:9.2f} {r['images_per_s']:9.3f} {r['peak_mb']:9.0f} "
+        shown = f"auto={r['backend']}" if backend == "auto" else backend
+        print(f"{batch:>5} {shown:>10} {amp:>5} {r['step_s']:9.2f} {r['images_per_s']:9.3f} {r['peak_mb']:9.0f} "
               f"{step_mb}  {r['device']}", flush=True)
     return 0
 
