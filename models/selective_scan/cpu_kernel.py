@@ -115,12 +115,6 @@ def cpp_unavailable_reason():
     return _loaded[1]
 
 
-def reset():
-    """Forget the load result so the next call tries again (tests simulate a missing compiler)."""
-    global _loaded
-    _loaded = None
-
-
 def _extension():
     reason = cpp_unavailable_reason()
     if reason is not None:
