@@ -267,7 +267,7 @@ def test_broken_install_gives_reason(case, tmp_path, monkeypatch, fresh_probe, n
 def test_not_installed_and_unknown_backend(monkeypatch, fresh_probe):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     assert cuda_unavailable_reason() == "mamba-ssm not installed"
-    with pytest.raises(UserError, match="auto, torch, ref, cuda, cpp"):
+    with pytest.raises(UserError, match="auto, torch, ref, cuda, triton, cpp"):
         resolve_backend("fast", "cpu")
 
 
