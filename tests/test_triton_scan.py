@@ -103,6 +103,7 @@ def test_missing_triton_is_named(monkeypatch):
 def test_auto_on_cuda_picks_cuda_then_triton_then_torch(monkeypatch, caplog, fresh_probe):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     monkeypatch.setattr(scan_pkg, "_logged", set())
+    monkeypatch.setattr(scan_pkg.cpu_kernel, "cpp_unavailable_reason", lambda: "no C++ compiler (simulated)")
     with caplog.at_level(logging.INFO, logger="hybrimamba"):
         assert resolve_backend("auto", "cuda") == "triton"
         assert resolve_backend("auto", "cpu") == "torch"  # the interpreter is for tests only
@@ -113,7 +114,7 @@ def test_auto_on_cuda_picks_cuda_then_triton_then_torch(monkeypatch, caplog, fre
     messages = [r.getMessage() for r in caplog.records if r.name == "hybrimamba"]
     assert messages == [
         "selective scan: backend 'triton' (auto on cuda; cuda unavailable: mamba-ssm not installed)",
-        "selective scan: backend 'torch' (auto on cpu; cuda unavailable: mamba-ssm not installed)",
+        "selective scan: backend 'torch' (auto on cpu; cpp unavailable: no C++ compiler (simulated))",
         "selective scan: backend 'torch' (auto on cuda; cuda unavailable: mamba-ssm not installed; "
         "triton unavailable: no triton here)"]
     monkeypatch.setattr(scan_pkg, "cuda_unavailable_reason", lambda device: None)
