@@ -9,11 +9,11 @@ import argparse
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
 from data.degradation import bicubic_degrade_array
 from utils.errors import UserError, run_cli
 from utils.image_io import index_by_stem, read_rgb, write_rgb
+from utils.progress import progress_bar
 
 
 def check_divisible(path, size, scale):
@@ -51,7 +51,7 @@ def make_lr(hr_dir, lr_dir, up_dir=None, scale=8):
             raise UserError(f"{out}: output folder is the HR folder; choose another so HR files are not overwritten")
     for path in index.values():
         check_divisible(path, image_size(path), scale)
-    for stem, path in tqdm(sorted(index.items()), desc="make_lr", unit="img"):
+    for stem, path in progress_bar(sorted(index.items()), desc="make_lr", unit="img"):
         write_lr_files(read_rgb(path), stem, lr_dir, up_dir, scale)
     return len(index)
 

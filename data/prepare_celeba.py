@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from data.degradation import center_square, resize_bicubic
 from data.make_lr import write_lr_files
 from utils.errors import UserError, run_cli
 from utils.image_io import index_by_stem, is_image_file, read_rgb, write_rgb
+from utils.progress import progress_bar
 
 ALIGNED_SIZE = (178, 218)
 DEFAULT_BOX = (19, 63, 156, 200)
@@ -121,8 +121,8 @@ def check_no_foreign_outputs(hr_dir, stems):
 
 
 def run_parallel(func, items, workers, desc):
-    """``func`` over ``items`` in ``workers`` processes (in-process for 1) with a tqdm bar."""
-    with tqdm(total=len(items), desc=desc, unit="img") as bar:
+    """``func`` over ``items`` in ``workers`` processes (in-process for 1) with a progress bar."""
+    with progress_bar(total=len(items), desc=desc, unit="img") as bar:
         if workers <= 1:
             for item in items:
                 func(item)

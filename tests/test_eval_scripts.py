@@ -82,6 +82,8 @@ def test_psnr_ssim_cli_pairs_by_stem_across_extensions(folders, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "pairs: 3" in res.stdout and "1 unpaired file(s) skipped" in res.stdout
     assert "truncated" in res.stdout
+    # In a pipe: a plain progress line, not tqdm's bar ("100%|####|").
+    assert "%|" not in res.stderr and f"evaluating {sr_dir.name}: 3/3 img (100%)" in res.stderr
     expected = {}
     for sr_path in sorted(sr_dir.iterdir()):
         if sr_path.stem != "a_extra":

@@ -306,6 +306,8 @@ def test_test_sh_runs_on_a_training_checkpoint(files, weights, tmp_path):
     done = subprocess.run(["bash", "test.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("--gpus 1 but CUDA is not available: running on the CPU") == 2
+    # Output captured in a pipe: a plain progress line per run instead of tqdm's bar ("100%|####|").
+    assert "%|" not in done.stderr and done.stderr.count("super-resolving: 1/1 img (100%)") == 2
     ema = weights[1]
     for out, src in ((tmp_path / "out_helen" / "b.png", helen / "b.png"),
                      (tmp_path / "out_celeba" / "up.png", celeba / "up.png")):

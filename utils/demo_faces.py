@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from data.degradation import center_square, resize_bicubic
 from utils.errors import UserError
 from utils.image_io import list_images, read_rgb, write_rgb
+from utils.progress import progress_bar
 
 LFW_FACES = 100        # the first 100 images of lfw_subset() are faces
 LFW_SIDE = 25
@@ -138,7 +138,7 @@ def build_builtin_faces(out_dir, size=24, seed=0, progress=True):
     first_heldout = LFW_FACES - HELDOUT_FACES
     rng = np.random.default_rng(seed)
     train = 0
-    for index in tqdm(range(first_heldout), desc="training crops", unit="face", disable=not progress):
+    for index in progress_bar(range(first_heldout), desc="training crops", unit="face", enabled=progress):
         for suffix, crop in lfw_crops(faces[index], size):
             write_rgb(train_dir / f"lfw{index:03d}_{suffix}.png", crop)
             train += 1
@@ -171,7 +171,7 @@ def build_user_faces(dataroot, out_dir, size=24, progress=True):
     out_dir = Path(out_dir)
     train_dir, heldout_dir = out_dir / "train", out_dir / "heldout"
     held = set(heldout_indices(len(paths)))
-    for index, path in enumerate(tqdm(paths, desc="preparing faces", unit="img", disable=not progress)):
+    for index, path in enumerate(progress_bar(paths, desc="preparing faces", unit="img", enabled=progress)):
         face = np.asarray(resize_bicubic(center_square(Image.fromarray(read_rgb(path))), (size, size)))
         write_rgb((heldout_dir if index in held else train_dir) / f"{index:05d}_{path.stem}.png", face)
     description = (f"{len(paths) - len(held)} training faces and {len(held)} held-out faces (evenly spaced in "

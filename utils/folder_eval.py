@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from utils.errors import UserError
 from utils.image_io import pair_by_stem, read_rgb
 from utils.metrics import SSIM_RADIUS, evaluate_pair
+from utils.progress import progress_bar
 
 CSV_FIELDS = ("name", "gt", "sr", "psnr", "ssim", "lpips")
 
@@ -99,8 +99,8 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention="truncate", c
         batch.clear()
 
     results = _ordered_map(score, pairs, workers or default_workers())
-    for row, pixels in tqdm(results, total=len(pairs), desc=f"evaluating {Path(sr_dir).name}",
-                            unit="img", disable=not progress, leave=False):
+    for row, pixels in progress_bar(results, total=len(pairs), desc=f"evaluating {Path(sr_dir).name}",
+                                    unit="img", enabled=progress, leave=False):
         rows.append(row)
         if pixels is None:
             continue

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from data.single_dataset import SingleDataset
 from models import HybriMamba, forward_padded
@@ -22,6 +21,7 @@ from utils.errors import UserError
 from utils.folder_eval import evaluate_folders, summary_lines, write_csv
 from utils.image_io import index_by_stem, is_image_file, write_rgb
 from utils.image_tensor import to_uint8
+from utils.progress import progress_bar
 from utils.train_logging import TqdmHandler
 
 log = logging.getLogger("hybrimamba")
@@ -140,7 +140,7 @@ def super_resolve(model, dataset, save_dir, batch_size=8, device="cpu", workers=
                         pin_memory=device.type == "cuda")
     save_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
-    with tqdm(total=len(dataset), desc="super-resolving", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(dataset), desc="super-resolving", unit="img", enabled=progress) as bar:
         for batch in loader:
             sr = forward_padded(model, batch["LR"].to(device, non_blocking=True), multiple=4)
             for path, img in zip(batch["path"], to_uint8(sr)):

@@ -1,5 +1,6 @@
 """Training logs: console and text file, TensorBoard scalars, LR|SR|HR image grids (rank 0 only)."""
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -13,10 +14,12 @@ GRID_ROWS = 4
 
 
 class TqdmHandler(logging.Handler):
-    """Console lines written through tqdm so they do not tear the progress bar."""
+    """Console lines written through tqdm so they do not tear the progress bar; flushed at once,
+    since a redirected stdout (nohup, SLURM) is block-buffered."""
 
     def emit(self, record):
         tqdm.write(self.format(record))
+        sys.stdout.flush()
 
 
 def image_grid(lr, sr, hr, rows=GRID_ROWS):
