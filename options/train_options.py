@@ -1,8 +1,18 @@
 """Options of train.py: the paper's protocol as defaults, plus AMP, EMA, clipping, validation, resume."""
+import argparse
+
 from options.base_options import BaseOptions, non_negative, positive
 from utils.errors import UserError
 
 AMP_MODES = ("none", "bf16", "fp16")
+
+
+def resume_mode(text):
+    """argparse type of --continue_train's optional value: only 'auto'."""
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"'{text}' is not a mode; use --continue_train alone or "
+                                         f"--continue_train auto")
+    return text
 
 
 class TrainOptions(BaseOptions):
@@ -71,9 +81,10 @@ class TrainOptions(BaseOptions):
                           help="iterations between writes of <ckpt_dir>/<name>/latest.pt (also written at the end)")
         ckpt.add_argument("--save_iter_freq", type=positive(int), default=5000,
                           help="iterations between numbered snapshots iter_<N>.pt")
-        ckpt.add_argument("--continue_train", action="store_true",
+        ckpt.add_argument("--continue_train", nargs="?", const=True, default=False, type=resume_mode,
                           help="resume exactly from <ckpt_dir>/<name>/latest.pt (weights, optimizer, schedule, "
-                               "iteration, data order, RNG)")
+                               "iteration, data order, RNG); '--continue_train auto' resumes when latest.pt "
+                               "exists and starts a new run otherwise (job scripts that are requeued unchanged)")
 
         log = parser.add_argument_group("logging and validation")
         log.add_argument("--print_freq", type=positive(int), default=10,
@@ -93,9 +104,10 @@ class TrainOptions(BaseOptions):
             raise UserError(f"--load_size {opt.load_size} is not divisible by --scale_factor {opt.scale_factor}")
         if opt.load_size % 4:
             raise UserError(f"--load_size {opt.load_size} must be a multiple of 4 (the network halves it twice)")
-        if opt.continue_train and opt.pretrain_model_path:
+        if opt.continue_train is True and opt.pretrain_model_path:
             raise UserError("--continue_train resumes from latest.pt and --pretrain_model_path starts "
-                            "a new run from given weights; pass only one of them")
+                            "a new run from given weights; pass only one of them (or --continue_train auto: "
+                            "the weights start a new run, latest.pt continues it)")
         if not opt.ema < 1:
             raise UserError(f"--ema {opt.ema}: the decay must be in [0, 1), e.g. 0.999")
         for name in ("beta1", "beta2"):

@@ -125,6 +125,7 @@ def test_unknown_flag_from_the_command_line_is_one_line_and_exit_2(tmp_path):
     (["--load_size", "100"], "--load_size 100 is not divisible by --scale_factor 8"),
     (["--load_size", "18", "--scale_factor", "3"], "--load_size 18 must be a multiple of 4"),
     (["--continue_train", "--pretrain_model_path", "w.pt"], "pass only one of them"),
+    (["--continue_train", "yes"], "--continue_train: 'yes' is not a mode; use --continue_train alone or"),
     (["--ema", "1"], "--ema 1.0: the decay must be in [0, 1)"),
     (["--lr", "0"], "argument --lr: must be > 0"),
     (["--name", "a/b"], "must be a plain folder name"),
@@ -134,6 +135,15 @@ def test_unknown_flag_from_the_command_line_is_one_line_and_exit_2(tmp_path):
 def test_invalid_train_options_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=re.escape(message)):
         TrainOptions().parse(["--dataroot", "x", *argv])
+
+
+def test_continue_train_alone_or_auto():
+    parse = TrainOptions().parse
+    assert parse(["--dataroot", "x"]).continue_train is False
+    assert parse(["--dataroot", "x", "--continue_train", "--max_iters", "3"]).continue_train is True
+    # auto resumes a run or starts one, from given weights if any
+    opt = parse(["--dataroot", "x", "--continue_train", "auto", "--pretrain_model_path", "w.pt"])
+    assert opt.continue_train == "auto" and opt.pretrain_model_path == "w.pt"
 
 
 def test_test_options_requirements():

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from utils.errors import UserError
+from utils.stop_signals import ignore_stop_signals
 
 
 def sample_seed(seed, epoch, index):
@@ -111,5 +112,6 @@ def build_train_loader(dataset, batch_size, num_workers, seed, rank=0, world_siz
     # Its own generator, so creating an iterator never draws from the global torch RNG.
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(samples, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
-                        pin_memory=pin_memory, generator=generator, persistent_workers=num_workers > 0)
+                        pin_memory=pin_memory, generator=generator, persistent_workers=num_workers > 0,
+                        worker_init_fn=ignore_stop_signals)
     return loader, sampler, iters_per_epoch

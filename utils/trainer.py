@@ -9,6 +9,7 @@ continues with the very batches the uninterrupted run would have seen.
 """
 import logging
 import random
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from data import CelebADataset
 from models import HybriMamba
@@ -31,6 +31,8 @@ from utils.ema import ModelEMA
 from utils.errors import UserError
 from utils.image_tensor import to_uint8
 from utils.metrics import evaluate_pair
+from utils.progress import format_duration, progress_bar
+from utils.stop_signals import StopSignals, ignore_stop_signals
 from utils.train_data import batches, build_train_loader
 from utils.train_logging import TrainLogger
 
@@ -133,13 +135,15 @@ class Trainer:
         if opt.val_dataroot and plan.is_main:
             val_set = CelebADataset(opt.val_dataroot, load_size=opt.load_size, scale_factor=opt.scale_factor,
                                     augment=False, skip_bad=opt.skip_bad_images)
-            self.val_loader = DataLoader(val_set, batch_size=opt.batch_size, num_workers=opt.num_threads)
+            self.val_loader = DataLoader(val_set, batch_size=opt.batch_size, num_workers=opt.num_threads,
+                                         worker_init_fn=ignore_stop_signals)
 
         # Same initial weights on every rank; then one RNG stream per rank.
         seed_everything(opt.seed)
         net = HybriMamba(**network_config(opt), scan_backend=opt.scan_backend)
         net.set_activation_checkpointing(opt.activation_checkpointing)
-        if opt.pretrain_model_path:
+        resume_from = self._checkpoint_to_resume()
+        if opt.pretrain_model_path and not resume_from:
             what = load_weights(net, opt.pretrain_model_path, prefer_ema=True)
             if plan.is_main:
                 log.info(f"initialised from {what}")
@@ -159,9 +163,10 @@ class Trainer:
         self.iteration = 0
         self.best = {}
         self.last_saved = None     # (path, iteration) of the newest latest.pt
-        if opt.continue_train:
-            self._resume(self.ckpt_dir / "latest.pt")
-        self.logger.start_tensorboard(purge_step=self.iteration + 1 if opt.continue_train else None)
+        self.stopped_by = None     # name of the signal that stopped the run early
+        if resume_from:
+            self._resume(resume_from)
+        self.logger.start_tensorboard(purge_step=self.iteration + 1 if resume_from else None)
         if plan.is_main:
             n_params = sum(p.numel() for p in net.parameters())
             log.info(f"{len(dataset)} training images, {self.iters_per_epoch} iterations per epoch "
@@ -189,13 +194,23 @@ class Trainer:
         if not weights_finite(self.model):
             raise NonFiniteError(self._stop_message(f"non-finite weights after iteration {self.iteration}"))
         state = self.state()
+        if "latest" in names:  # on every rank, so that all of them agree on what is already saved
+            self.last_saved = (self.ckpt_dir / "latest.pt", self.iteration)
         if not self.plan.is_main:
             return
         for name in names:
-            path = self.ckpt_dir / f"{name}.pt"
-            save_checkpoint(path, state)
-            if name == "latest":
-                self.last_saved = (path, self.iteration)
+            save_checkpoint(self.ckpt_dir / f"{name}.pt", state)
+
+    def _checkpoint_to_resume(self):
+        """latest.pt when --continue_train asks for it (with 'auto': when it exists), else None."""
+        path = self.ckpt_dir / "latest.pt"
+        if self.opt.continue_train != "auto":
+            return path if self.opt.continue_train else None
+        # Rank 0 decides, so that all processes resume or none does.
+        exists = broadcast_object(path.is_file() if self.plan.is_main else None, self.plan)
+        if self.plan.is_main and not exists:
+            log.info(f"--continue_train auto: no {path} yet, starting a new run")
+        return path if exists else None
 
     def _resume(self, path):
         ckpt = load_checkpoint(path)
@@ -278,9 +293,10 @@ class Trainer:
         return min(total, self.opt.max_iters) if self.opt.max_iters else total
 
     def fit(self):
-        """Train until --total_epochs (or --max_iters); returns self."""
+        """Train until --total_epochs (or --max_iters), or until a stop signal (``stopped_by``); returns self."""
         try:
-            self._fit()
+            with StopSignals(announce=self.plan.is_main) as self.stop_signals:
+                self._fit()
         finally:
             self.close()
         return self
@@ -294,9 +310,10 @@ class Trainer:
         window, tick = [], time.perf_counter()
         while self.iteration < total:
             self.sampler.set_position(self.epoch, self.batch_in_epoch * opt.batch_size)
-            bar = tqdm(total=self.iters_per_epoch, initial=self.batch_in_epoch, unit="it", mininterval=1.0,
-                       desc=f"epoch {self.epoch + 1}/{opt.total_epochs}", disable=not self.plan.is_main,
-                       dynamic_ncols=True, leave=False)
+            # In a log file the progress lines of _log_progress stand in for the bar.
+            bar = progress_bar(total=self.iters_per_epoch, initial=self.batch_in_epoch, unit="it",
+                               desc=f"epoch {self.epoch + 1}/{opt.total_epochs}", enabled=self.plan.is_main,
+                               lines=False, mininterval=1.0, dynamic_ncols=True, leave=False)
             for batch in batches(self.loader):
                 loss, sr = self.train_step(batch)
                 self.iteration += 1
@@ -317,9 +334,12 @@ class Trainer:
                 if opt.val_dataroot and self.iteration % opt.val_freq == 0:
                     self.validate_and_keep_best()
                 self._periodic_save()
-                if self.iteration >= total:
+                if self.iteration >= total or self._stop_requested():
                     break
             bar.close()
+            if self.stopped_by:
+                self._save_and_report_stop()
+                return
         if opt.val_dataroot and self.iteration % opt.val_freq:
             self.validate_and_keep_best()
         if not self.last_saved or self.last_saved[1] != self.iteration:
@@ -335,14 +355,35 @@ class Trainer:
         if names:
             self.save(*names)
 
+    def _stop_requested(self):
+        """Whether a stop signal reached any process; sets ``stopped_by``. Under DDP one tiny all-reduce
+        per iteration makes every rank stop after the same iteration, whenever each got the signal."""
+        signum = self.stop_signals.received or 0
+        if self.plan.distributed:
+            flag = torch.tensor([signum], dtype=torch.int32, device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if signum:
+            self.stopped_by = signal.Signals(signum).name
+        return bool(signum)
+
+    def _save_and_report_stop(self):
+        if not self.last_saved or self.last_saved[1] != self.iteration:
+            self.save("latest")
+        if self.plan.is_main:
+            log.warning(f"stopped by {self.stopped_by} after iteration {self.iteration} ({self.epoch} epoch(s) and "
+                        f"{self.batch_in_epoch} batch(es) done); saved {self.ckpt_dir / 'latest.pt'}; resume with "
+                        f"--continue_train (or --continue_train auto)")
+
     def _log_progress(self, losses, iters_per_s):
         if not self.plan.is_main:
             return
         loss = float(np.mean(losses))
         images_per_s = iters_per_s * self.opt.batch_size * self.plan.world_size
         epoch = self.epoch + (self.batch_in_epoch > 0)  # the epoch this iteration belonged to
+        eta = format_duration((self.total_iterations() - self.iteration) / iters_per_s)
         log.info(f"epoch {epoch} iteration {self.iteration}: loss {loss:.5f} lr {self.current_lr():.3g} "
-                 f"{iters_per_s:.2f} it/s ({images_per_s:.1f} images/s)")
+                 f"{iters_per_s:.2f} it/s ({images_per_s:.1f} images/s) ETA {eta}")
         self.logger.scalars({"train/loss_l1": loss, "train/lr": self.current_lr(), "train/iters_per_s": iters_per_s,
                              "train/images_per_s": images_per_s}, self.iteration)
 
@@ -361,8 +402,8 @@ class Trainer:
         was_training = net.training
         net.eval()
         scores = []
-        for batch in tqdm(batches(self.val_loader), total=len(self.val_loader), desc="validation", leave=False,
-                          disable=not self.plan.is_main):
+        for batch in progress_bar(batches(self.val_loader), total=len(self.val_loader), desc="validation",
+                                  unit="batch", enabled=self.plan.is_main, leave=False):
             with self.autocast():
                 sr = net(batch["LR"].to(self.device))
             scores += [evaluate_pair(gt, out) for gt, out in zip(to_uint8(batch["HR"]), to_uint8(sr))]
