@@ -3,6 +3,8 @@
 # Logs, options, TensorBoard (tb/) and image grids (visuals/) go to check_points/$NAME/;
 # checkpoints (latest.pt every 500 iterations, iter_<N>.pt every 5000, best.pt with
 # --val_dataroot) go to ckpt/$NAME/. Resume exactly with --continue_train.
+# `kill <pid>` (SIGTERM) stops after the current iteration, with latest.pt written (exit status 3);
+# nohup.out gets a plain progress line every --print_freq iterations instead of a progress bar.
 
 # A folder of 128x128 HR faces, e.g. made by `python -m data.prepare_celeba`.
 DATAROOT=/path/to/CelebA/celeba_train
