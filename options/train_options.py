@@ -25,7 +25,9 @@ class TrainOptions(BaseOptions):
         "Logs, options, TensorBoard events (tb/) and image grids (visuals/) go to\n"
         "<checkpoints_dir>/<name>/; checkpoints (latest.pt, iter_<N>.pt, best.pt) to <ckpt_dir>/<name>/.\n"
         "--batch_size is the whole batch with DataParallel (--gpus N) and the batch of each process\n"
-        "under torchrun.")
+        "under torchrun.\n"
+        "SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop the run after the current iteration with latest.pt\n"
+        "written (exit status 3); --continue_train resumes it exactly.")
     examples = (
         "examples:\n"
         "  # the seed's command (3 GPUs, DataParallel)\n"
@@ -34,6 +36,8 @@ class TrainOptions(BaseOptions):
         "      --batch_size 32 --total_epochs 100 --visual_freq 100 --print_freq 10 --save_latest_freq 500\n"
         "  # resume that run exactly where latest.pt left it\n"
         "  python train.py ...same flags... --continue_train\n"
+        "  # a job script that is requeued unchanged: resume the run if it has a latest.pt, else start it\n"
+        "  python train.py ...same flags... --continue_train auto\n"
         "  # a short CPU smoke run\n"
         "  python train.py --gpus 0 --dataroot data/celeba/train/HR --batch_size 2 --max_iters 20\n"
         "  # DistributedDataParallel, 3 GPUs on one node (batch 11 per process)\n"
