@@ -85,7 +85,7 @@ class TrainOptions(BaseOptions):
                           help="iterations between writes of <ckpt_dir>/<name>/latest.pt (also written at the end)")
         ckpt.add_argument("--save_iter_freq", type=positive(int), default=5000,
                           help="iterations between numbered snapshots iter_<N>.pt")
-        ckpt.add_argument("--continue_train", nargs="?", const=True, default=False, type=resume_mode,
+        ckpt.add_argument("--continue_train", nargs="?", const=True, default=False, type=resume_mode, metavar="auto",
                           help="resume exactly from <ckpt_dir>/<name>/latest.pt (weights, optimizer, schedule, "
                                "iteration, data order, RNG); '--continue_train auto' resumes when latest.pt "
                                "exists and starts a new run otherwise (job scripts that are requeued unchanged)")

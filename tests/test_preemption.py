@@ -15,7 +15,7 @@ from options import TrainOptions
 from tests.conftest import ROOT
 from tests.test_train import free_port, make_faces, run_training, tensor_leaves, train_argv
 from utils.checkpoint import load_checkpoint
-from utils.stop_signals import EXIT_STOPPED
+from utils.stop_signals import EXIT_STOPPED, ignore_stop_signals
 from utils.trainer import Trainer, train
 
 # One thread in and out of the test process: the runs compared bit for bit must reduce in the same order.
@@ -178,3 +178,24 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_one_checkpoint(tmp_path, face
     latest = load_checkpoint(tmp_path / "ckpt" / "torchrun_stop" / "latest.pt")
     assert latest["iteration"] == int(stops[0]) and latest["world_size"] == 2 and len(latest["rng"]) == 2
     assert "\r" not in output
+
+
+def _worker(ready):
+    ignore_stop_signals()
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_dataloader_worker_outlives_other_senders_sigterm_but_not_its_parents():
+    context = torch.multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=_worker, args=(ready,), daemon=True)
+    worker.start()
+    assert ready.wait(30)
+    for sig in ("TERM", "INT", "USR1"):  # from another process, like SLURM's signal to every process of a job
+        subprocess.run(["kill", f"-{sig}", str(worker.pid)], check=True)
+    worker.join(0.5)
+    assert worker.is_alive()
+    worker.terminate()  # as the DataLoader and multiprocessing's exit handler end a worker
+    worker.join(10)
+    assert worker.exitcode == 128 + signal.SIGTERM

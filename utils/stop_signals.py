@@ -52,7 +52,23 @@ class StopSignals:
 
 
 def ignore_stop_signals(worker_id=None):
-    """DataLoader ``worker_init_fn``: workers ignore the stop signals (SLURM signals every process of
-    a job step), so that the main process can finish its iteration with them and shut them down."""
+    """DataLoader ``worker_init_fn``: workers outlive the stop signals that reach every process of a
+    job (SLURM signals them all), so that the main process can finish its iteration with them.
+
+    A SIGTERM from the worker's parent still ends it: that is how the DataLoader and
+    multiprocessing's exit handler end workers that did not stop on request, and a worker that
+    ignored it would keep the main process waiting forever. Telling the sender apart needs
+    ``sigwaitinfo``; where it is missing (macOS) SIGTERM keeps its default action.
+    """
     for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        if sig != signal.SIGTERM:
+            signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited by threads started later
+        threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_on_sigterm_from(parent):
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(128 + signal.SIGTERM)  # the status of a shell's process ended by SIGTERM
