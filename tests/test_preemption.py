@@ -1,5 +1,6 @@
 """Training on clusters: stop signals end a run with latest.pt written, the run resumes exactly,
 --continue_train auto, all DDP ranks stop together, and logs in files hold no progress-bar frames."""
+import contextlib
 import os
 import re
 import signal
@@ -36,18 +37,30 @@ def faces6(tmp_path_factory):
     return make_faces(tmp_path_factory.mktemp("faces6"), 6)
 
 
-def start(command, log_path, cwd):
-    """Start ``command`` in a new process group, stdout and stderr going to ``log_path`` (a file, as under nohup)."""
+@contextlib.contextmanager
+def started(command, log_path, cwd):
+    """``command`` running in a new process group, stdout and stderr going to ``log_path`` (a file, as
+    under nohup); stopped (SIGTERM, then SIGKILL) if it still runs when the block ends."""
     with open(log_path, "w") as out:
-        return subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=ONE_THREAD,
+        proc = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=ONE_THREAD,
                                 start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def read_log(path):
     return path.read_bytes().decode()  # not read_text(): its newline translation would hide carriage returns
 
 
-def wait_for(path, text, proc, timeout=120):
+def wait_for(path, text, proc, timeout=300):
     deadline = time.monotonic() + timeout
     while not path.is_file() or text not in path.read_text():
         assert proc.poll() is None, f"exited with {proc.returncode}: " + path.read_text()[-3000:]
@@ -68,10 +81,10 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     common = ("--lr", "1e-3", "--seed", "4", "--ema", "0.9", "--num_threads", "1", "--print_freq", "1")
     argv = train_argv(tmp_path, faces, "stopped", *common, "--max_iters", "1000")
     log_path = tmp_path / "nohup.out"
-    proc = start([sys.executable, str(ROOT / "train.py"), *argv], log_path, tmp_path)
-    wait_for(log_path, "iteration 2: loss", proc)
-    os.killpg(proc.pid, signal.SIGTERM)  # to every process, the DataLoader worker too, as SLURM does
-    assert proc.wait(timeout=120) == EXIT_STOPPED
+    with started([sys.executable, str(ROOT / "train.py"), *argv], log_path, tmp_path) as proc:
+        wait_for(log_path, "iteration 2: loss", proc)
+        os.killpg(proc.pid, signal.SIGTERM)  # to every process, the DataLoader worker too, as SLURM does
+        assert proc.wait(timeout=300) == EXIT_STOPPED
     output = read_log(log_path)
 
     stopped = load_checkpoint(tmp_path / "ckpt" / "stopped" / "latest.pt")
@@ -165,11 +178,11 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_one_checkpoint(tmp_path, face
     argv = train_argv(tmp_path, faces6, "torchrun_stop", "--batch_size", "1", "--max_iters", "1000",
                       "--print_freq", "1")
     log_path = tmp_path / "torchrun.out"
-    proc = start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                  str(ROOT / "train.py"), *argv], log_path, tmp_path)
-    wait_for(log_path, "iteration 2: loss", proc)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    with started([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                  str(ROOT / "train.py"), *argv], log_path, tmp_path) as proc:
+        wait_for(log_path, "iteration 2: loss", proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
     output = read_log(log_path)
     assert "SIGKILL" not in output  # both ranks ended on their own, before torchrun's shutdown timeout
     stops = re.findall(r"stopped by SIGTERM after iteration (\d+) ", output)
