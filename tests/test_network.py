@@ -1,5 +1,7 @@
 """The HybriMamba network against independent re-derivations of the spec (ARCHITECTURE.md 2-3)."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from models import HybriMamba, forward_padded
 from models.fwm import FWM
 from models.haar import haar_dwt, haar_idwt
 from models.image_ssm import ImageSSM, SymmetryEnhancement, cross_merge, cross_scan
+from tests.conftest import ROOT
 
 TINY = dict(embed_dim=8, depth=1, n_layers=1)
 
@@ -341,3 +344,13 @@ def test_optimizer_groups_exclude_a_log_and_d_from_weight_decay():
 def test_unknown_scan_backend_is_an_error():
     with pytest.raises(ValueError, match="scan_backend"):
         HybriMamba(**TINY, scan_backend="fast")
+
+
+def test_models_package_needs_nothing_from_utils():
+    # models/ is self-contained: building and running the network imports no utils module.
+    code = ("import sys, torch; from models import HybriMamba; "
+            "HybriMamba(embed_dim=4, depth=1, n_layers=1, scan_backend='torch')(torch.zeros(1, 3, 8, 8)); "
+            "print(sorted(m for m in sys.modules if m == 'utils' or m.startswith('utils.')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -1,9 +1,10 @@
 """User-facing errors: one line that names the file and the fix, no deep traceback."""
 import sys
 
+# Defined in models/ so that the network package needs nothing from utils/.
+from models.errors import UserError
 
-class UserError(Exception):
-    """An error caused by the user's input (a path, a file, an option); printed as one line."""
+__all__ = ["UserError", "user_message", "run_cli"]
 
 
 def user_message(err):
