@@ -143,8 +143,14 @@ class BaseOptions:
         if extras:
             raise UserError(unknown_option_message(extras, self.parser._option_string_actions))
         opt.phase = self.phase
+        opt.explicit = self.typed_options(argv)
         self.validate(opt)
         return opt
+
+    def typed_options(self, argv):
+        """The option names (dests) that ``argv`` sets explicitly, sorted."""
+        flags = {flag: action.dest for flag, action in self.parser._option_string_actions.items()}
+        return sorted({flags[word.split("=", 1)[0]] for word in argv if word.split("=", 1)[0] in flags})
 
     def validate(self, opt):
         if "/" in opt.name or "\\" in opt.name or opt.name in ("", ".", ".."):

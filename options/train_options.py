@@ -88,7 +88,11 @@ class TrainOptions(BaseOptions):
         ckpt.add_argument("--continue_train", nargs="?", const=True, default=False, type=resume_mode, metavar="auto",
                           help="resume exactly from <ckpt_dir>/<name>/latest.pt (weights, optimizer, schedule, "
                                "iteration, data order, RNG); '--continue_train auto' resumes when latest.pt "
-                               "exists and starts a new run otherwise (job scripts that are requeued unchanged)")
+                               "exists and starts a new run otherwise (job scripts that are requeued unchanged); --lr and the "
+                               "other optimizer/schedule options typed on the command line replace the checkpoint's")
+        ckpt.add_argument("--overwrite", action="store_true",
+                          help="start a new run although <ckpt_dir>/<name>/ holds checkpoints: the earlier run's "
+                               "folders are renamed to <name>.replaced-<time> (never deleted)")
 
         log = parser.add_argument_group("logging and validation")
         log.add_argument("--print_freq", type=positive(int), default=10,
@@ -112,6 +116,8 @@ class TrainOptions(BaseOptions):
             raise UserError("--continue_train resumes from latest.pt and --pretrain_model_path starts "
                             "a new run from given weights; pass only one of them (or --continue_train auto: "
                             "the weights start a new run, latest.pt continues it)")
+        if opt.continue_train and opt.overwrite:
+            raise UserError("--continue_train resumes the earlier run and --overwrite moves it aside; pass only one")
         if not opt.ema < 1:
             raise UserError(f"--ema {opt.ema}: the decay must be in [0, 1), e.g. 0.999")
         for name in ("beta1", "beta2"):

@@ -3,11 +3,14 @@
 A training checkpoint is a dict with the keys ``model`` (state_dict without ``module.``
 prefixes), ``ema`` (state_dict of the EMA weights, optional), ``optimizer``, ``scheduler``,
 ``scaler``, ``epoch`` (epochs completed), ``iteration``, ``batch_in_epoch`` (batches of the
-current epoch done), ``rng`` and ``options`` (a dict of plain
-values). Only tensors and plain Python types are stored, so every file loads with
-``torch.load(weights_only=True)``, which cannot execute code from the file.
+current epoch done), ``rng``, ``options`` (a dict of plain values) and ``checksums`` (``weights_checksum`` of
+``model`` and ``ema``, added by ``save_checkpoint``, checked by ``load_checkpoint``). Only tensors
+and plain Python types are stored, so every file loads with ``torch.load(weights_only=True)``,
+which cannot execute code from the file.
 """
 import contextlib
+import hashlib
+import logging
 import os
 import pickle
 import re
@@ -20,19 +23,68 @@ import torch
 from utils.distributed import unwrap
 from utils.errors import UserError
 
+log = logging.getLogger("hybrimamba")
 MODULE_PREFIX = "module."
 # The options that define the network's shape; a checkpoint's values name the config it needs.
 NETWORK_OPTIONS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
 SHOWN_KEYS = 5
+CHECKSUMMED = ("model", "ema")
+# The temporary name save_checkpoint writes to: .<final name>.<pid>.<8 hex digits>.tmp
+TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
+
+
+class WeightsMismatch(UserError):
+    """A state_dict whose keys or shapes do not fit the network."""
+
+
+def weights_checksum(state_dict):
+    """sha256 (hex) over a state_dict's keys (sorted), dtypes, shapes and tensor bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def with_checksums(state):
+    """``state`` plus ``checksums`` of its weights when it is a training checkpoint (a dict with 'model')."""
+    if not (isinstance(state, dict) and _is_state_dict(state.get("model"))):
+        return state
+    return {**state, "checksums": {k: weights_checksum(state[k]) for k in CHECKSUMMED if _is_state_dict(state.get(k))}}
+
+
+def verify_checksums(ckpt, path):
+    """Damage to the weights of a checkpoint raises ``UserError``; a checkpoint without checksums gets a notice."""
+    stored = ckpt.get("checksums") if isinstance(ckpt, dict) else None
+    if stored is None:
+        if select_weights(ckpt)[0] is not None:
+            log.warning(f"notice: {path}: no weights checksum stored (an older checkpoint); "
+                        f"damage to it cannot be detected")
+        return
+    for key, digest in stored.items():
+        if not _is_state_dict(ckpt.get(key)) or weights_checksum(ckpt[key]) != digest:
+            raise UserError(f"{path}: the '{key}' weights do not match the checksum stored with them (the file is "
+                            f"damaged); use another checkpoint (e.g. an iter_<N>.pt) or copy it again")
+
+
+def check_finite(state, source):
+    """A state_dict with NaN or inf values raises ``UserError`` naming those tensors."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {_shown(bad)}; "
+                        f"these weights are unusable, use an earlier checkpoint")
 
 
 def save_checkpoint(path, state):
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename.
+    """Write ``state`` (with ``checksums`` of its weights) to ``path`` atomically: a temp file in the
+    same folder, fsync, then rename.
 
     A crash or an exception while writing leaves the previous file at ``path`` untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = with_checksums(state)
     # A fresh unique name opened with "x" (not mkstemp): the file gets the umask's permissions, not 0600.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -51,6 +103,19 @@ def save_checkpoint(path, state):
     _fsync_dir(path.parent)
 
 
+def remove_interrupted_saves(folder):
+    """Delete the temporary files of saves into ``folder`` that a kill interrupted; returns (count, bytes).
+
+    Only for a folder no other process is saving into (the run that owns it, at its start).
+    """
+    found = [p for p in Path(folder).glob(".*.tmp") if TEMP_NAME.fullmatch(p.name) and p.is_file()]
+    size = 0
+    for path in found:
+        size += path.stat().st_size
+        path.unlink()
+    return len(found), size
+
+
 def _fsync_dir(folder):
     """Make the rename itself durable (POSIX); platforms without directory fsync skip it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -62,7 +127,8 @@ def _fsync_dir(folder):
 
 
 def load_checkpoint(path):
-    """Load a checkpoint onto the CPU with ``weights_only=True``; unreadable files raise ``UserError``."""
+    """Load a checkpoint onto the CPU with ``weights_only=True`` and verify its checksums; unreadable
+    or damaged files raise ``UserError``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file; check --pretrain_model_path / --ckpt_dir and --name")
@@ -70,7 +136,7 @@ def load_checkpoint(path):
         raise UserError(f"{path}: not a PyTorch checkpoint (corrupt, truncated or a legacy format); "
                         f"re-save it with torch.save")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL (\S+)", str(err))
         reason = f"it stores a {found.group(1)} object" if found else "it stores objects other than tensors"
@@ -79,6 +145,8 @@ def load_checkpoint(path):
     except (RuntimeError, EOFError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
+    verify_checksums(ckpt, path)
+    return ckpt
 
 
 def strip_module_prefix(state_dict):
@@ -116,7 +184,8 @@ def _shown(keys):
 
 
 def assign_weights(model, state, source, ckpt=None):
-    """Load ``state`` (a state_dict) into ``model`` strictly; a mismatch raises ``UserError``.
+    """Load ``state`` (a state_dict) into ``model`` strictly; a mismatch raises ``WeightsMismatch``,
+    NaN or inf values ``UserError``.
 
     ``source`` names the file in the message; ``ckpt`` (the whole loaded checkpoint) lets the
     message name the network options the weights were trained with.
@@ -130,20 +199,24 @@ def assign_weights(model, state, source, ckpt=None):
     if missing or unexpected or shapes:
         parts = [f"{label}: {_shown(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape (file vs network)", shapes)) if keys]
-        raise UserError(f"{source}: weights do not fit this network ({'; '.join(parts)})"
+        raise WeightsMismatch(f"{source}: weights do not fit this network ({'; '.join(parts)})"
                         f"{_network_config_hint(ckpt)}")
+    check_finite(state, source)
     target.load_state_dict(state)
 
 
-def load_weights(model, path, prefer_ema=True):
-    """Load network weights from ``path`` into ``model``; returns a one-line description.
+def load_weights(model, path, prefer_ema=True, ckpt=None):
+    """Load network weights from ``path`` (or its already loaded ``ckpt``) into ``model``; returns a
+    one-line description.
 
     ``path`` may hold a training checkpoint (EMA weights are used when present and
     ``prefer_ema``, else the raw ones) or a bare state_dict; ``module.`` prefixes are stripped.
     Missing, unexpected or differently shaped entries raise ``UserError`` listing the first
-    few and, when the checkpoint stores its options, the network configuration it needs.
+    few and, when the checkpoint stores its options, the network configuration it needs; NaN or
+    inf values raise ``UserError`` naming the tensors.
     """
-    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        ckpt = load_checkpoint(path)
     state, which = select_weights(ckpt, prefer_ema)
     if state is None:
         raise UserError(f"{path}: holds neither a training checkpoint (key 'model') nor a state_dict of tensors")

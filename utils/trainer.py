@@ -7,6 +7,7 @@ the augmentation of each sample are functions of (seed, epoch, index) only
 (``utils.train_data``), so the resumed run skips the consumed batches of the epoch's order and
 continues with the very batches the uninterrupted run would have seen.
 """
+import bisect
 import logging
 import random
 import signal
@@ -24,7 +25,7 @@ from data import CelebADataset
 from models import HybriMamba
 from options.base_options import network_config
 from options.train_options import TrainOptions
-from utils.checkpoint import assign_weights, load_checkpoint, load_weights, save_checkpoint
+from utils.checkpoint import assign_weights, check_finite, load_checkpoint, load_weights, save_checkpoint, select_weights
 from utils.distributed import (all_gather_objects, broadcast_object, destroy_process_group, init_process_group, plan_devices, unwrap,
                                wrap_model)
 from utils.ema import ModelEMA
@@ -33,6 +34,7 @@ from utils.image_tensor import to_uint8
 from utils.metrics import evaluate_pair
 from utils.progress import format_duration, progress_bar
 from utils.stop_signals import StopSignals, ignore_stop_signals
+from utils.run_folder import prepare_run_folders
 from utils.train_data import batches, build_train_loader
 from utils.train_logging import TrainLogger
 
@@ -41,6 +43,11 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Options whose change makes a resumed run differ from an uninterrupted one.
 RESUME_SENSITIVE = ("dataroot", "batch_size", "seed", "load_size", "scale_factor", "amp", "ema", "grad_clip",
                     "lr", "beta1", "beta2", "weight_decay", "lr_milestones", "lr_gamma")
+# Optimizer and schedule options that a resumed run takes from its command line instead of the checkpoint.
+SCHEDULE_OPTIONS = ("lr", "beta1", "beta2", "weight_decay", "lr_milestones", "lr_gamma")
+TRAINING_STATE = ("model", "optimizer", "scheduler", "epoch", "iteration", "batch_in_epoch", "rng")
+# Images lie in [-1, 1]: a mean L1 loss above 2 means outputs far outside the image range (diverged weights).
+MAX_SANE_L1 = 2.0
 
 
 class NonFiniteError(UserError):
@@ -96,6 +103,36 @@ def weights_finite(model):
     return all(bool(torch.isfinite(p).all()) for p in unwrap(model).parameters())
 
 
+def override_schedule(optimizer, scheduler, opt, saved):
+    """After loading a checkpoint's optimizer and scheduler: the ``SCHEDULE_OPTIONS`` typed on the
+    command line (``opt.explicit``) that differ from the checkpoint's ``saved`` options replace them;
+    the others stay as the checkpoint has them.
+
+    The learning rate becomes the base lr decayed by the milestones passed so far. Group 0 is the
+    weight-decay group of ``HybriMamba.optimizer_param_groups``. Returns (replaced keys, notice lines).
+    """
+    changed = [k for k in SCHEDULE_OPTIONS if k in opt.explicit and k in saved and saved[k] != getattr(opt, k)]
+    if "lr_milestones" in changed:
+        scheduler.milestones = Counter(opt.lr_milestones)
+    if "lr_gamma" in changed:
+        scheduler.gamma = opt.lr_gamma
+    if "lr" in changed:
+        scheduler.base_lrs = [opt.lr] * len(optimizer.param_groups)
+    decays = bisect.bisect_right(sorted(scheduler.milestones.elements()), scheduler.last_epoch)
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        if {"lr", "lr_milestones", "lr_gamma"} & set(changed):
+            group["initial_lr"] = base_lr
+            group["lr"] = base_lr * scheduler.gamma ** decays
+        beta1, beta2 = group["betas"]
+        group["betas"] = (opt.beta1 if "beta1" in changed else beta1, opt.beta2 if "beta2" in changed else beta2)
+    if "weight_decay" in changed:
+        optimizer.param_groups[0]["weight_decay"] = opt.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    lr_now = f" (learning rate now {optimizer.param_groups[0]['lr']:.3g})"
+    return changed, [f"--{k} {getattr(opt, k)} from the command line replaces the checkpoint's {saved[k]}"
+                     f"{lr_now if k in ('lr', 'lr_milestones', 'lr_gamma') else ''}" for k in changed]
+
+
 class Trainer:
     """One training run described by ``opt`` (a TrainOptions namespace); ``fit()`` runs it."""
 
@@ -106,12 +143,37 @@ class Trainer:
         self.device = self.plan.device
         self.exp_dir = Path(opt.checkpoints_dir) / opt.name
         self.ckpt_dir = Path(opt.ckpt_dir) / opt.name
+        try:
+            folder_notices = self._prepare_folders()
+        except BaseException:
+            destroy_process_group(self.plan)
+            raise
         self.logger = TrainLogger(self.exp_dir, enabled=self.plan.is_main)
+        for line in folder_notices:
+            log.warning(f"notice: {line}")
         try:
             self._setup()
         except BaseException:
             self.close()
             raise
+
+    def _prepare_folders(self):
+        """Rank 0 readies the run's folders before anything is written (``prepare_run_folders``); its
+        refusal is raised on every rank. Returns the notice lines."""
+        outcome = None
+        if self.plan.is_main:
+            try:
+                # 'auto' resumes only a run that has a latest.pt; otherwise it starts one like a plain run.
+                resume = self.opt.continue_train is True or (
+                    self.opt.continue_train == "auto" and (self.ckpt_dir / "latest.pt").is_file())
+                outcome = ("notices", prepare_run_folders(self.ckpt_dir, self.exp_dir, resume=resume,
+                                                          overwrite=self.opt.overwrite))
+            except UserError as err:
+                outcome = ("error", str(err))
+        kind, value = broadcast_object(outcome, self.plan)
+        if kind == "error":
+            raise UserError(value)
+        return value
 
     def _setup(self):
         opt, plan = self.opt, self.plan
@@ -164,6 +226,7 @@ class Trainer:
         self.best = {}
         self.last_saved = None     # (path, iteration) of the newest latest.pt
         self.stopped_by = None     # name of the signal that stopped the run early
+        self.last_batch = None     # (LR, HR) on the device: the sanity check before a save reuses it
         if resume_from:
             self._resume(resume_from)
         self.logger.start_tensorboard(purge_step=self.iteration + 1 if resume_from else None)
@@ -190,9 +253,9 @@ class Trainer:
         return state
 
     def save(self, *names):
-        """Write the state as <ckpt_dir>/<name>/<each of names>.pt (rank 0); all ranks must call it."""
-        if not weights_finite(self.model):
-            raise NonFiniteError(self._stop_message(f"non-finite weights after iteration {self.iteration}"))
+        """Write the state as <ckpt_dir>/<name>/<each of names>.pt (rank 0) if the weights are sane
+        (``check_sane``); all ranks must call it."""
+        self.check_sane()
         state = self.state()
         if "latest" in names:  # on every rank, so that all of them agree on what is already saved
             self.last_saved = (self.ckpt_dir / "latest.pt", self.iteration)
@@ -212,12 +275,41 @@ class Trainer:
             log.info(f"--continue_train auto: no {path} yet, starting a new run")
         return path if exists else None
 
+    def check_sane(self):
+        """Raise ``NonFiniteError`` (the run stops, the last sane checkpoint stays) when the weights are
+        not finite or give, on the last training batch, an L1 loss that is not finite or above
+        ``MAX_SANE_L1``; collective under DDP."""
+        if not weights_finite(self.model):
+            raise NonFiniteError(self._stop_message(f"non-finite weights after iteration {self.iteration}"))
+        if self.last_batch is None:  # nothing trained since the (checked) checkpoint was loaded
+            return
+        with torch.no_grad(), self.autocast():
+            sr = self.model(self.last_batch[0])
+        loss = F.l1_loss(sr.float(), self.last_batch[1])
+        if self.plan.distributed:
+            dist.all_reduce(loss)
+            loss /= self.plan.world_size
+        value = loss.item()
+        if not value <= MAX_SANE_L1:
+            raise NonFiniteError(self._stop_message(
+                f"diverged: the weights after iteration {self.iteration} give an L1 loss of {value:.3g} on the last "
+                f"batch (above {MAX_SANE_L1:g}: outputs far outside the image range)"))
+
     def _resume(self, path):
         ckpt = load_checkpoint(path)
+        if select_weights(ckpt)[1] == "bare state_dict":
+            raise UserError(f"{path}: holds network weights only, not a training state; --continue_train needs a "
+                            f"latest.pt written by train.py (to start from these weights: --pretrain_model_path "
+                            f"{path} and a new --name)")
+        missing = [k for k in TRAINING_STATE if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise UserError(f"{path}: not a training state written by train.py (no {', '.join(missing)}); "
+                            f"resume from another checkpoint or start a new --name")
         saved = ckpt.get("options", {})
         assign_weights(self.model, ckpt["model"], path, ckpt)
         if self.ema:
             if "ema" in ckpt:
+                check_finite(ckpt["ema"], path)
                 self.ema.load_state_dict(ckpt["ema"])
             else:
                 self.ema = ModelEMA(self.model, self.opt.ema)
@@ -230,8 +322,9 @@ class Trainer:
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
         self.best = dict(ckpt.get("best", {}))
         self.last_saved = (path, self.iteration)
+        replaced, overrides = override_schedule(self.optimizer, self.scheduler, self.opt, saved)
         changed = [f"--{k} {getattr(self.opt, k)} (was {saved[k]})" for k in RESUME_SENSITIVE
-                   if k in saved and saved[k] != getattr(self.opt, k)]
+                   if k in saved and saved[k] != getattr(self.opt, k) and k not in replaced]
         if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
             changed.append(f"{self.iters_per_epoch} iterations per epoch (was {ckpt.get('iters_per_epoch')})")
             self.batch_in_epoch = min(self.batch_in_epoch, self.iters_per_epoch - 1)
@@ -242,10 +335,12 @@ class Trainer:
         if self.plan.is_main:
             log.info(f"resumed from {path}: iteration {self.iteration}, epoch {self.epoch + 1}, "
                      f"batch {self.batch_in_epoch} of {self.iters_per_epoch}, lr {self.current_lr():.3g}")
+            for line in overrides:
+                log.warning(f"notice: {line}")
             if changed:
                 log.warning("notice: resuming with settings that differ from the checkpoint's (optimizer and "
-                            "schedule settings come from the checkpoint; the run will not match an uninterrupted "
-                            "one): " + ", ".join(changed))
+                            "schedule settings not typed on the command line come from the checkpoint; the run "
+                            "will not match an uninterrupted one): " + ", ".join(changed))
 
     # ----------------------------------------------------------------- training
     def current_lr(self):
@@ -253,11 +348,11 @@ class Trainer:
 
     def _stop_message(self, what):
         if self.last_saved:
-            kept = f"the last good checkpoint {self.last_saved[0]} (iteration {self.last_saved[1]}) is kept"
-        else:
-            kept = "no checkpoint had been written yet"
-        return (f"{what} (epoch {self.epoch + 1}); stopped without saving, {kept}; lower --lr or set --grad_clip, "
-                f"then resume with --continue_train")
+            return (f"{what} (epoch {self.epoch + 1}); stopped without saving, the last sane checkpoint "
+                    f"{self.last_saved[0]} (iteration {self.last_saved[1]}) is kept; resume it with --continue_train "
+                    f"and a lower --lr, or set --grad_clip")
+        return (f"{what} (epoch {self.epoch + 1}); stopped without saving, no checkpoint had been written yet; start "
+                f"again with a lower --lr or set --grad_clip")
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -266,6 +361,7 @@ class Trainer:
         """One optimisation step on ``batch``; returns (loss averaged over ranks, SR batch (B, 3, H, W))."""
         lr_img = batch["LR"].to(self.device, non_blocking=True)
         hr = batch["HR"].to(self.device, non_blocking=True)
+        self.last_batch = (lr_img, hr)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():

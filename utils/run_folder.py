@@ -1,0 +1,68 @@
+"""A training run's folders before it starts: temp files of an interrupted save are removed, and a new
+run never replaces an earlier run's checkpoints (``--overwrite`` moves that run aside instead)."""
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+
+from utils.checkpoint import remove_interrupted_saves
+from utils.errors import UserError
+
+SHOWN = 4
+
+
+def _latest_iteration(path):
+    """The iteration stored in ``path``, read lazily (mmap); None when the file does not say."""
+    with contextlib.suppress(Exception):
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"])
+    return None
+
+
+def _describe(checkpoints):
+    names = []
+    for path in checkpoints:
+        iteration = _latest_iteration(path) if path.name == "latest.pt" else None
+        names.append(path.name if iteration is None else f"{path.name} at iteration {iteration}")
+    names.sort(key=lambda name: not name.startswith("latest.pt"))
+    return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
+
+
+def _aside(folder, stamp):
+    """A free sibling name for ``folder``: <name>.replaced-<stamp>[-N]."""
+    candidate, n = folder.with_name(f"{folder.name}.replaced-{stamp}"), 1
+    while candidate.exists():
+        n += 1
+        candidate = folder.with_name(f"{folder.name}.replaced-{stamp}-{n}")
+    return candidate
+
+
+def prepare_run_folders(ckpt_dir, exp_dir, resume, overwrite=False):
+    """Ready ``ckpt_dir`` (checkpoints) and ``exp_dir`` (logs) of a run; returns notice lines.
+
+    Always: temp files that a kill during saving left in ``ckpt_dir`` are deleted. A run that does
+    not ``resume`` must not replace the checkpoints of an earlier one: ``UserError`` unless
+    ``overwrite``, which renames both folders to ``<name>.replaced-<time>`` (nothing is deleted).
+    """
+    ckpt_dir, exp_dir = Path(ckpt_dir), Path(exp_dir)
+    notices = []
+    if ckpt_dir.is_dir():
+        count, size = remove_interrupted_saves(ckpt_dir)
+        if count:
+            notices.append(f"removed {count} temporary file(s) of an interrupted save from {ckpt_dir} "
+                           f"({size / 1e6:.1f} MB)")
+    checkpoints = sorted(ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+    if resume or not checkpoints:
+        return notices
+    if not overwrite:
+        raise UserError(f"{ckpt_dir} holds the checkpoints of an earlier run ({_describe(checkpoints)}); resume it "
+                        f"with --continue_train, choose a new --name, or pass --overwrite to move the earlier run aside")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    folders = {f.resolve(): f for f in (ckpt_dir, exp_dir) if f.is_dir()}  # both flags may name one folder
+    for folder in folders.values():
+        target = _aside(folder, stamp)
+        folder.rename(target)
+        moved.append(str(target))
+    notices.append(f"--overwrite: the earlier run moved to {' and '.join(moved)}")
+    return notices
