@@ -13,6 +13,7 @@ from PIL import Image
 from data.degradation import bicubic_degrade_array
 from utils.errors import UserError, run_cli
 from utils.image_io import index_by_stem, read_rgb, write_rgb
+from utils.output_folder import check_output_folder
 from utils.progress import progress_bar
 
 
@@ -46,9 +47,9 @@ def image_size(path):
 def make_lr(hr_dir, lr_dir, up_dir=None, scale=8):
     """LR (and bicubic-upsampled) PNGs for every image of ``hr_dir``; returns how many."""
     index = index_by_stem(hr_dir)
-    for out in (lr_dir, up_dir):
-        if out is not None and Path(out).resolve() == Path(hr_dir).resolve():
-            raise UserError(f"{out}: output folder is the HR folder; choose another so HR files are not overwritten")
+    for flag, out in (("--lr_dir", lr_dir), ("--lr_up_dir", up_dir)):
+        if out is not None:
+            check_output_folder(flag, out, {"HR_DIR": hr_dir})
     for path in index.values():
         check_divisible(path, image_size(path), scale)
     for stem, path in progress_bar(sorted(index.items()), desc="make_lr", unit="img"):

@@ -35,6 +35,7 @@ from data.degradation import center_square, resize_bicubic
 from data.make_lr import write_lr_files
 from utils.errors import UserError, run_cli
 from utils.image_io import index_by_stem, is_image_file, read_rgb, write_rgb
+from utils.output_folder import check_output_folder
 from utils.progress import progress_bar
 
 ALIGNED_SIZE = (178, 218)
@@ -61,10 +62,19 @@ def parse_box(values):
     return box
 
 
+def read_list(flag, path, what):
+    """The text of the list file ``path`` given as ``flag``; a missing or unreadable one raises ``UserError``."""
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        reason = "no such file" if isinstance(err, FileNotFoundError) else f"cannot read it ({err.strerror or err})"
+        raise UserError(f"{flag} {path}: {reason}; pass {what}") from None
+
+
 def read_partition(path):
     """CelebA's ``list_eval_partition.txt`` -> {id stem: 0 train | 1 val | 2 test}."""
     partition = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(read_list("--partition", path, "CelebA's list_eval_partition.txt").splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -76,7 +86,7 @@ def read_partition(path):
 
 def read_ids(path):
     """Id stems listed one per line (extension optional; blank lines and '#' comments ignored)."""
-    lines = (line.split("#")[0].strip() for line in Path(path).read_text().splitlines())
+    lines = (line.split("#")[0].strip() for line in read_list("--exclude", path, "a text file of ids").splitlines())
     return {Path(line).stem for line in lines if line}
 
 
@@ -152,6 +162,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     box = parse_box(args.box)
+    if args.size < 1:
+        raise UserError(f"--size {args.size}: must be a positive number of pixels, e.g. 128")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1")
+    check_output_folder("--out", args.out, {"--src": args.src})
     if args.make_test_lr and (args.lr_scale < 1 or args.size % args.lr_scale):
         raise UserError(f"--size {args.size} is not divisible by --lr_scale {args.lr_scale}; pick sizes that divide")
     if args.split != "all" and args.partition is None:

@@ -30,6 +30,9 @@ class TestOptions(BaseOptions):
         data.add_argument("--dataset_name", choices=("single", "paired"), default="single",
                           help="single = LR folder only; paired = LR folder (--dataroot) with HR folder (--hr_dir)")
         data.add_argument("--batch_size", type=positive(int), default=8, help="images per forward pass")
+        data.add_argument("--skip_bad_images", action="store_true",
+                          help="leave out unreadable inputs with a notice instead of stopping (every input is "
+                               "checked before the first output is written)")
 
         run = parser.add_argument_group("inference and scoring")
         run.add_argument("--save_as_dir", default=None,

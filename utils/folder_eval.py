@@ -68,7 +68,9 @@ def _pair_scorer(psnr_ssim, keep_pixels, convention, crop_border, rgb):
 
 
 def _mean(rows, key):
-    return float(np.mean([r[key] for r in rows])) if rows and key in rows[0] else None
+    """The mean of ``key`` over the rows where it is finite (identical images have an infinite PSNR)."""
+    values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+    return float(np.mean(values)) if values else None
 
 
 def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention="truncate", crop_border=0, rgb=False,
@@ -77,7 +79,8 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention="truncate", c
 
     Returns ``(rows, summary)``: rows are dicts ``name, gt, sr`` plus ``psnr, ssim`` (when
     ``psnr_ssim``) and ``lpips`` (when an ``lpips_model`` from ``build_lpips`` is given);
-    summary holds the means, the pair count, the skipped unpaired count and the settings.
+    summary holds the means, the pair count, the skipped unpaired count and the settings. The
+    PSNR mean leaves out identical pairs (infinite PSNR); ``identical_pairs`` counts them.
     Unpaired files, unreadable files and size mismatches raise ``UserError`` naming them.
     """
     if crop_border < 0:
@@ -112,6 +115,7 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention="truncate", c
     summary = {
         "gt_dir": str(gt_dir), "sr_dir": str(sr_dir), "count": len(rows), "skipped_unpaired": len(missing),
         "psnr": _mean(rows, "psnr"), "ssim": _mean(rows, "ssim"), "lpips": _mean(rows, "lpips"),
+        "identical_pairs": sum(math.isinf(r["psnr"]) for r in rows) if psnr_ssim else None,
         "channel": ("RGB" if rgb else "Y") if psnr_ssim else None,
         "y_convention": convention if psnr_ssim and not rgb else None,
         "crop_border": crop_border if psnr_ssim else None,
@@ -132,12 +136,18 @@ def summary_lines(summary):
     skipped = summary["skipped_unpaired"]
     lines = [f"pairs: {summary['count']} ({summary['gt_dir']} vs {summary['sr_dir']})"
              + (f"; {skipped} unpaired file(s) skipped" if skipped else "")]
-    if summary["psnr"] is not None:
+    if summary["ssim"] is not None:
         channel = "RGB channels" if summary["channel"] == "RGB" else _CONVENTION_WORDS[summary["y_convention"]]
         lines.append(f"convention: {channel}, crop_border {summary['crop_border']}, "
                      "SSIM Gaussian 11x11 sigma 1.5, K1 0.01, K2 0.03, population covariance")
-        psnr = summary["psnr"]
-        lines.append(f"PSNR: {psnr:.4f} dB" + (" (some pairs are identical)" if math.isinf(psnr) else ""))
+        identical, psnr = summary["identical_pairs"], summary["psnr"]
+        if psnr is None:
+            lines.append(f"PSNR: infinite (all {identical} pair(s) are identical)")
+        elif identical:
+            lines.append(f"PSNR: {psnr:.4f} dB over {summary['count'] - identical} pair(s); {identical} identical "
+                         f"pair(s) left out (their PSNR is infinite)")
+        else:
+            lines.append(f"PSNR: {psnr:.4f} dB")
         lines.append(f"SSIM: {summary['ssim']:.4f}")
     if summary["lpips"] is not None:
         lines.append(f"LPIPS ({summary['lpips_net']}): {summary['lpips']:.4f}")

@@ -1,4 +1,5 @@
 """Reading, listing and pairing image files, with one-line errors that name the file."""
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -67,15 +68,28 @@ def read_rgb(path):
 
 
 def write_rgb(path, img):
-    """Write an RGB uint8 (H, W, 3) array; the format follows the extension (PNG for outputs)."""
+    """Write an RGB uint8 (H, W, 3) array; the format follows the extension (PNG for outputs).
+
+    Written to ``<path>.tmp`` then renamed, so ``path`` is never half-written; a failed write
+    (a full disk) removes the temp file and raises ``UserError``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(img[:, :, ::-1]))
     if not ok:
         raise UserError(f"{path}: cannot encode an image with this extension; use .png")
     tmp = path.with_name(path.name + ".tmp")
-    buf.tofile(str(tmp))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as f:
+            f.write(buf)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError):
+            raise UserError(f"{path}: cannot write the file ({err.strerror or err}); free disk space or choose "
+                            f"another output folder") from None
+        raise
 
 
 def index_by_stem(folder):

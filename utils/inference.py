@@ -16,11 +16,12 @@ from models import HybriMamba, forward_padded
 from models.selective_scan import resolve_backend
 from options.base_options import NETWORK_OPTIONS, network_config
 from options.test_options import TestOptions
-from utils.checkpoint import load_checkpoint, load_weights
+from utils.checkpoint import WeightsMismatch, load_checkpoint, load_weights
 from utils.errors import UserError
 from utils.folder_eval import evaluate_folders, summary_lines, write_csv
 from utils.image_io import index_by_stem, is_image_file, write_rgb
 from utils.image_tensor import to_uint8
+from utils.output_folder import check_output_folder
 from utils.progress import progress_bar
 from utils.train_logging import TqdmHandler
 
@@ -90,8 +91,8 @@ def build_model(opt, device):
         log.warning(f"notice: {line}")
     model = HybriMamba(**config, scan_backend=opt.scan_backend)
     try:
-        what = load_weights(model, path, prefer_ema=not opt.no_ema)
-    except UserError as err:
+        what = load_weights(model, path, prefer_ema=not opt.no_ema, ckpt=ckpt)
+    except WeightsMismatch as err:
         if isinstance(stored, dict):  # load_weights already named the stored configuration
             raise
         flags = "/".join(f"--{k}" for k in NETWORK_OPTIONS)
@@ -127,13 +128,37 @@ def foreign_outputs(save_dir, stems):
     return sorted(p.name for p in save_dir.iterdir() if p.is_file() and is_image_file(p) and p.name not in ours)
 
 
+def is_out_of_memory(err):
+    """Whether a RuntimeError from a forward pass is an allocation failure (CUDA, CPU or another device)."""
+    text = str(err).lower()
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def forward_checked(model, lr, paths, device):
+    """``forward_padded`` on one batch; running out of memory and non-finite outputs raise ``UserError``."""
+    try:
+        sr = forward_padded(model, lr, multiple=4)
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        size = lr.shape[-1]
+        raise UserError(f"out of memory running {len(paths)} image(s) of {size}x{size} on {device}; lower "
+                        f"--batch_size (now {len(paths)}) or --load_size (now {size})") from None
+    bad = [path for path, out in zip(paths, sr) if not bool(torch.isfinite(out).all())]
+    if bad:
+        raise UserError(f"non-finite output (NaN or inf) for {_shown(bad)}: the weights overflow on these inputs; "
+                        f"use an earlier checkpoint")
+    return sr
+
+
 @torch.inference_mode()
 def super_resolve(model, dataset, save_dir, batch_size=8, device="cpu", workers=0, progress=True):
     """Run ``model`` over a SingleDataset in batches; returns the output paths in input order.
 
     Batches are (B, 3, S, S) with S = the dataset's load_size; any S works (the input is padded
     to a multiple of 4 and the output cropped back). Each output is rounded to uint8 and
-    written as ``save_dir/<input stem>.png``.
+    written as ``save_dir/<input stem>.png``. Running out of memory and non-finite outputs
+    raise ``UserError`` before the batch is written.
     """
     device, save_dir = torch.device(device), Path(save_dir)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=min(workers, len(dataset)),
@@ -142,7 +167,7 @@ def super_resolve(model, dataset, save_dir, batch_size=8, device="cpu", workers=
     outputs = []
     with progress_bar(total=len(dataset), desc="super-resolving", unit="img", enabled=progress) as bar:
         for batch in loader:
-            sr = forward_padded(model, batch["LR"].to(device, non_blocking=True), multiple=4)
+            sr = forward_checked(model, batch["LR"].to(device, non_blocking=True), batch["path"], device)
             for path, img in zip(batch["path"], to_uint8(sr)):
                 out = save_dir / (Path(path).stem + OUTPUT_SUFFIX)
                 write_rgb(out, img)
@@ -159,11 +184,13 @@ def _json_safe(value):
 def write_metrics(save_dir, rows, summary, extra):
     """``save_dir/metrics.csv`` (per image) and ``save_dir/metrics.json`` (summary and ``extra``)."""
     csv_path, json_path = save_dir / METRICS_CSV, save_dir / METRICS_JSON
-    write_csv(csv_path, rows)
     record = {k: _json_safe(v) for k, v in {**summary, **extra}.items()}
-    if summary["psnr"] is not None:
-        record["identical_pairs"] = sum(math.isinf(r["psnr"]) for r in rows)
-    json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    try:
+        write_csv(csv_path, rows)
+        json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    except OSError as err:
+        raise UserError(f"{save_dir}: cannot write the metrics ({err.strerror or err}); free disk space or choose "
+                        f"another --save_as_dir") from None
     return csv_path, json_path
 
 
@@ -179,7 +206,9 @@ def _run_test(opt, progress):
         log.warning(f"notice: {line}")
     save_dir = Path(opt.save_as_dir)
     # Everything that can fail cheaply is checked before the (long) inference.
-    dataset = SingleDataset(opt.dataroot, load_size=opt.load_size)
+    check_output_folder("--save_as_dir", save_dir, {"--dataroot": opt.dataroot, "--hr_dir": opt.hr_dir})
+    dataset = SingleDataset(opt.dataroot, load_size=opt.load_size, scale_factor=opt.scale_factor,
+                            skip_bad=opt.skip_bad_images)
     stems = [Path(p).stem for p in dataset.paths]
     leftovers = foreign_outputs(save_dir, stems)
     if opt.hr_dir:

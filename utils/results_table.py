@@ -150,7 +150,7 @@ def main(argv=None):
                 _, summary = evaluate_folders(hr_dir, sr_dir, convention=args.y_convention,
                                               lpips_model=lpips_model, workers=args.workers)
                 results[(Path(sr_dir).name, dataset)] = summary
-                print(f"{dataset} / {Path(sr_dir).name}: PSNR {summary['psnr']:.2f}  SSIM {summary['ssim']:.4f}"
+                print(f"{dataset} / {Path(sr_dir).name}: PSNR {fmt(summary['psnr'], 2)}  SSIM {summary['ssim']:.4f}"
                       + (f"  LPIPS {summary['lpips']:.4f}" if summary["lpips"] is not None else ""))
     table = markdown_table([g[0] for g in groups], results, stats, args.with_paper)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
