@@ -1,4 +1,5 @@
 """Shared fixtures: the repository root on sys.path and the optional ../shared data folder."""
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -39,3 +40,9 @@ def celeba_dir():
 def alexnet_weights():
     """The real ImageNet AlexNet conv weights LPIPS needs, for offline tests."""
     return shared_path("weights", "alexnet_imagenet_features.pth")
+
+
+def file_hashes(*roots):
+    """sha256 of every file under ``roots``, keyed by path: compare before/after to prove nothing changed."""
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest()
+            for root in roots for path in sorted(Path(root).rglob("*")) if path.is_file()}
