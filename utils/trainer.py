@@ -46,12 +46,13 @@ RESUME_SENSITIVE = ("dataroot", "batch_size", "seed", "load_size", "scale_factor
 # Optimizer and schedule options that a resumed run takes from its command line instead of the checkpoint.
 SCHEDULE_OPTIONS = ("lr", "beta1", "beta2", "weight_decay", "lr_milestones", "lr_gamma")
 TRAINING_STATE = ("model", "optimizer", "scheduler", "epoch", "iteration", "batch_in_epoch", "rng")
-# Images lie in [-1, 1]: a mean L1 loss above 2 means outputs far outside the image range (diverged weights).
-MAX_SANE_L1 = 2.0
+# Images lie in [-1, 1] and training starts near an L1 loss of 1: a mean L1 loss above 10 means outputs
+# far outside the image range, i.e. weights that have diverged (a transient spike stays well below it).
+MAX_SANE_L1 = 10.0
 
 
 class NonFiniteError(UserError):
-    """The loss or the weights became NaN/inf; the run stops without writing a checkpoint."""
+    """The loss or the weights became NaN/inf, or the weights diverged; the run stops without writing a checkpoint."""
 
 
 def seed_everything(seed):
@@ -127,7 +128,6 @@ def override_schedule(optimizer, scheduler, opt, saved):
         group["betas"] = (opt.beta1 if "beta1" in changed else beta1, opt.beta2 if "beta2" in changed else beta2)
     if "weight_decay" in changed:
         optimizer.param_groups[0]["weight_decay"] = opt.weight_decay
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     lr_now = f" (learning rate now {optimizer.param_groups[0]['lr']:.3g})"
     return changed, [f"--{k} {getattr(opt, k)} from the command line replaces the checkpoint's {saved[k]}"
                      f"{lr_now if k in ('lr', 'lr_milestones', 'lr_gamma') else ''}" for k in changed]
