@@ -8,8 +8,14 @@ set -e
 
 HELEN_LR=${HELEN_LR:-/path/to/Helen/LR}
 CELEBA_LR=${CELEBA_LR:-/path/to/CelebA/celeba_test/LR}
-# Written by train.py (the authors' demo file was ./ckpt/latest_demo_model.pt).
-CKPT=${CKPT:-./ckpt/Mamba-SRx8/latest.pt}
+# Written by train.py (the authors' demo file was ./ckpt/latest_demo_model.pt). Without it, the small
+# 8x model that ships with the project (pretrained/README.md; not the paper's model) is used.
+TRAINED=./ckpt/Mamba-SRx8/latest.pt
+SHIPPED=./pretrained/HybriMamba-tiny-x8.pt
+if [ -z "${CKPT:-}" ]; then
+    if [ -f "$TRAINED" ]; then CKPT=$TRAINED; else CKPT=$SHIPPED; fi
+    echo "test.sh: using $CKPT (set CKPT=... to choose another checkpoint)"
+fi
 HELEN_OUT=${HELEN_OUT:-result/Mamba-helen}
 CELEBA_OUT=${CELEBA_OUT:-result/Mamba-celeba}
 # The GPU to use (the seed's script used 4); an empty value hides every GPU and test.py runs on the CPU.

@@ -1,0 +1,136 @@
+"""The shipped 8x model (pretrained/HybriMamba-tiny-x8.pt): it loads by itself, beats bicubic on real
+faces, and its output on one fixed face does not change silently."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import HybriMamba
+from tests.conftest import ROOT, shared_path
+from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.demo_faces import astronaut_face
+from utils.errors import UserError
+from utils.export_model import export_model
+
+SHIPPED = ROOT / "pretrained" / "HybriMamba-tiny-x8.pt"
+NETWORK_KEYS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
+# sha256 of the PNG that test.py writes for the astronaut's face with the shipped model and the `torch`
+# scan. Regenerate it only on purpose (a new shipped model, or a deliberate change of the network's
+# arithmetic): `python -m tests.test_pretrained` prints the current value.
+ASTRONAUT_SR_SHA256 = "bab397a442707c1a21e5c4fa4820d932ec3b9202c9a4b4e2c651c234204a06d7"
+CELEBA_BOX = (19, 63, 156, 200)
+FACES = 12
+
+
+def y_truncated(img):
+    """BT.601 Y of RGB uint8, truncated to an integer the way the Table 1 lineage does (ARCHITECTURE.md 5)."""
+    r, g, b = (img[..., i].astype(np.int64) for i in range(3))
+    # 16 + (65.481 R + 128.553 G + 24.966 B) / 255, in exact integer arithmetic (units of 1/255000).
+    return 16 + (65481 * r + 128553 * g + 24966 * b) // 255000
+
+
+def psnr_y(hr, sr):
+    mse = np.mean((y_truncated(hr) - y_truncated(sr)).astype(np.float64) ** 2)
+    return 10 * np.log10(255.0 ** 2 / mse)
+
+
+def test_shipped_model_is_small_and_carries_its_network():
+    assert SHIPPED.stat().st_size < 5 * 2**20
+    ckpt = load_checkpoint(SHIPPED)
+    options = ckpt["options"]
+    assert all(key in options for key in NETWORK_KEYS)
+    model = HybriMamba(**{key: options[key] for key in NETWORK_KEYS})
+    load_weights(model, SHIPPED)
+    assert all(torch.isfinite(p).all() for p in model.state_dict().values())
+
+
+def run_test_py(lr_dir, out_dir, *extra):
+    done = subprocess.run([sys.executable, "test.py", "--gpus", "0", "--dataroot", str(lr_dir), "--pretrain_model_path",
+                           str(SHIPPED), "--save_as_dir", str(out_dir), "--num_threads", "0", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_shipped_model_beats_bicubic_on_real_celeba_faces(celeba_dir, tmp_path):
+    # Every 65th validation face, cropped as data/prepare_celeba.py does and degraded with PIL here.
+    paths = sorted((celeba_dir / "val").iterdir())[::65][:FACES]
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    hrs, bicubics = {}, {}
+    for path in paths:
+        hr = Image.open(path).convert("RGB").crop(CELEBA_BOX).resize((128, 128), Image.BICUBIC)
+        lr = hr.resize((16, 16), Image.BICUBIC)
+        lr.save(lr_dir / f"{path.stem}.png")
+        hrs[path.stem], bicubics[path.stem] = np.asarray(hr), np.asarray(lr.resize((128, 128), Image.BICUBIC))
+    run_test_py(lr_dir, tmp_path / "sr")  # no network flags: the checkpoint carries them
+    sr = {stem: np.asarray(Image.open(tmp_path / "sr" / f"{stem}.png").convert("RGB")) for stem in hrs}
+    model = np.mean([psnr_y(hrs[s], sr[s]) for s in hrs])
+    bicubic = np.mean([psnr_y(hrs[s], bicubics[s]) for s in hrs])
+    assert model > bicubic + 0.5, (model, bicubic)
+
+
+def test_export_keeps_one_set_of_weights_and_the_network_options_only(tmp_path):
+    torch.manual_seed(0)
+    model = HybriMamba(embed_dim=4, depth=1, n_layers=1)
+    raw = model.state_dict()
+    ema = {k: v + 1 for k, v in raw.items()}
+    options = {"embed_dim": 4, "depth": 1, "n_layers": 1, "expand": 1.5, "d_state": 8, "mlp_ratio": 2.0,
+               "load_size": 128, "scale_factor": 8, "dataroot": "/home/someone/faces", "lr": 4e-4}
+    src = tmp_path / "latest.pt"
+    save_checkpoint(src, {"model": raw, "ema": ema, "optimizer": {"state": {}}, "options": options, "iteration": 7})
+    assert export_model(src, tmp_path / "out.pt") == "EMA"
+    out = load_checkpoint(tmp_path / "out.pt")
+    assert set(out["options"]) == set(NETWORK_KEYS) | {"load_size", "scale_factor"}
+    assert out["iteration"] == 7 and "optimizer" not in out and "ema" not in out
+    assert all(torch.equal(out["model"][k], ema[k]) for k in raw)
+    assert export_model(src, tmp_path / "raw.pt", prefer_ema=False) == "raw"
+    with pytest.raises(UserError, match="would overwrite"):
+        export_model(src, src)
+
+
+def test_test_sh_defaults_to_the_shipped_model(tmp_path):
+    if (ROOT / "ckpt" / "Mamba-SRx8" / "latest.pt").exists():
+        pytest.skip("this checkout has ckpt/Mamba-SRx8/latest.pt, which test.sh prefers to the shipped model")
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    Image.fromarray(astronaut_face(128)).resize((16, 16), Image.BICUBIC).save(lr_dir / "astronaut.png")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "python"  # test.sh calls `python`: this interpreter, whatever PATH holds
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if key != "CKPT"}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", CUDA_VISIBLE_DEVICES="", HELEN_LR=str(lr_dir),
+               CELEBA_LR=str(lr_dir), HELEN_OUT=str(tmp_path / "helen"), CELEBA_OUT=str(tmp_path / "celeba"))
+    done = subprocess.run(["bash", "test.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test.sh: using ./pretrained/HybriMamba-tiny-x8.pt" in done.stdout
+    for out in ("helen", "celeba"):
+        assert np.asarray(Image.open(tmp_path / out / "astronaut.png")).shape == (128, 128, 3)
+
+
+def astronaut_sr_sha256(tmp_path):
+    lr_dir = tmp_path / "astronaut_lr"
+    lr_dir.mkdir()
+    Image.fromarray(astronaut_face(128)).resize((16, 16), Image.BICUBIC).save(lr_dir / "astronaut.png")
+    run_test_py(lr_dir, tmp_path / "astronaut_sr", "--scan_backend", "torch")
+    return hashlib.sha256((tmp_path / "astronaut_sr" / "astronaut.png").read_bytes()).hexdigest()
+
+
+def test_shipped_model_output_on_a_fixed_face_is_unchanged(tmp_path):
+    assert astronaut_sr_sha256(tmp_path) == ASTRONAUT_SR_SHA256, (
+        "the shipped model's output changed; if that is intended, update ASTRONAUT_SR_SHA256 "
+        "(python -m tests.test_pretrained prints it)")
+
+
+if __name__ == "__main__":
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        print(astronaut_sr_sha256(Path(folder)))
