@@ -190,17 +190,17 @@ def test_lpips_is_used_only_where_it_can_run(tmp_path, monkeypatch):
         raise OSError("network disabled by the test")
 
     monkeypatch.setattr(socket, "create_connection", offline)
-    flags, note = demo.lpips_backbone(demo.parse_args([]))
+    flags, note = demo.lpips_backbone(demo.parse_args([]), 24)
     assert flags == [] and "at least 31x31" in note and "24x24" in note
-    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32", "--no_lpips"]))[0] == []
-    flags, note = demo.lpips_backbone(demo.parse_args(["--load_size", "32"]))
+    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32", "--no_lpips"]), 32)[0] == []
+    flags, note = demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)
     assert flags == [] and "not cached" in note and "HYBRIMAMBA_LPIPS_BACKBONE" in note
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"")
-    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]))[0] == ["--lpips"]
+    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)[0] == ["--lpips"]
     monkeypatch.setenv("HYBRIMAMBA_LPIPS_BACKBONE", "alex.pth")
-    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]))[0] == ["--lpips", "--backbone_weights", "alex.pth"]
+    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)[0] == ["--lpips", "--backbone_weights", "alex.pth"]
 
 
 def y_psnr(gt, sr):
@@ -214,8 +214,8 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
                            "--skip_check"], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = done.stdout
-    for step in range(1, 6):
-        assert f"=== step {step}/5" in text
+    for step in range(1, 7):
+        assert f"=== step {step}/6" in text
     assert "LPIPS skipped: its AlexNet needs images of at least 31x31" in text
     assert re.search(r"the demo took [\d.]+ min \(faces \d+ s, training \d+ s", text)
 
@@ -229,6 +229,16 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
     assert (out / "logs" / "demo" / "train_log.txt").is_file()
     # 8 faces, 2 per row, 4 tiles of 24 pixels zoomed 4x each (utils.side_by_side's layout)
     assert load(out / "results" / "side_by_side.png").shape == (4 * (24 + 96) + 3 * 4, 2 * 4 * 96 + 4, 3)
+
+    # The shipped 8x model on the astronaut's face: LR 16x16, bicubic and SR 128x128, a row each, a picture.
+    x8 = out / "results" / "x8"
+    assert load(out / "faces" / "astronaut_lr" / "astronaut.png").shape == (16, 16, 3)
+    for folder in ("Bicubic", "HybriMamba"):
+        assert load(x8 / folder / "astronaut.png").shape == (128, 128, 3)
+    x8_rows = [line.split("|")[1].strip() for line in (x8 / "table.md").read_text().splitlines()[2:]]
+    assert x8_rows == ["Bicubic", "HybriMamba"]
+    # one face: a 24-pixel caption band over LR | bicubic | SR | HR tiles of 128 pixels
+    assert load(x8 / "side_by_side.png").shape == (24 + 128, 4 * 128, 3)
 
     table = (out / "results" / "table.md").read_text()
     assert table in text.replace("\r", "")

@@ -7,7 +7,9 @@
 3. LR faces with ``python -m data.make_lr`` (also the bicubic baseline), SR with ``test.py``;
 4. PSNR/SSIM (and LPIPS when the AlexNet weights are at hand) of the model and of bicubic with
    ``python -m utils.results_table``, and a picture with ``python -m utils.side_by_side``;
-5. the check: the model must beat bicubic PSNR on the held-out faces (exit code 1 if not).
+5. the shipped 8x model (``pretrained/``) on a real colour face: scikit-image's astronaut, framed
+   like a CelebA test crop, 16x16 -> 128x128, scored and pictured beside bicubic;
+6. the check: the demo's model must beat bicubic PSNR on the held-out faces (exit code 1 if not).
 
 Every step runs the project's own command-line tools in a subprocess, exactly as a user would.
 """
@@ -22,8 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from utils.demo_faces import build_builtin_faces, build_user_faces
+from utils.demo_faces import astronaut_face, build_builtin_faces, build_user_faces
 from utils.errors import UserError, run_cli
+from utils.image_io import write_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".hybrimamba_demo"  # marks a folder as the demo's own, so a rerun may empty it
@@ -35,6 +38,8 @@ BICUBIC = "Bicubic"
 NETWORK = {"embed_dim": 8, "depth": 1, "n_layers": 1, "expand": 1.0, "d_state": 4, "mlp_ratio": 2.0}
 LR_DECAY_AT = 0.8  # the learning rate halves after this fraction of the epochs
 LPIPS_HOST = ("download.pytorch.org", 443)
+SHIPPED = ROOT / "pretrained" / "HybriMamba-tiny-x8.pt"
+SHIPPED_SIZE, SHIPPED_SCALE = 128, 8
 
 
 def parse_args(argv=None):
@@ -133,16 +138,17 @@ def training_arguments(args, train_dir, train_count, out):
             "--save_latest_freq", args.iters]
 
 
-def lpips_backbone(args):
-    """(extra results_table flags, one line saying where LPIPS's AlexNet weights come from, or why it is skipped)."""
+def lpips_backbone(args, size):
+    """(extra results_table flags, one line saying where LPIPS's AlexNet weights come from, or why it is skipped)
+    for faces of ``size`` x ``size`` pixels."""
     if args.no_lpips:
         return [], "LPIPS skipped (--no_lpips)"
     from utils.lpips_metric import BACKBONE_ENV, MIN_SIDE  # deferred: it imports torch
 
     min_side = MIN_SIDE["alex"]
-    if args.load_size < min_side:
+    if size < min_side:
         return [], (f"LPIPS skipped: its AlexNet needs images of at least {min_side}x{min_side} and these "
-                    f"faces are {args.load_size}x{args.load_size} (your own faces with --load_size 32 or more get it)")
+                    f"faces are {size}x{size} (your own faces with --load_size 32 or more get it)")
     weights = args.backbone_weights or os.environ.get(BACKBONE_ENV)
     if weights:
         return ["--lpips", "--backbone_weights", weights], f"LPIPS with the AlexNet weights in {weights}"
@@ -157,6 +163,40 @@ def lpips_backbone(args):
     return ["--lpips"], "LPIPS with torchvision's AlexNet weights (downloaded once)"
 
 
+def score_table(args, size, hr_dir, dataset, folders, table):
+    """Run utils.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if it fails)."""
+    lpips_flags, lpips_note = lpips_backbone(args, size)
+    print(lpips_note)
+    table_args = ["-m", "utils.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders, "--out", table]
+    try:
+        run(table_args + lpips_flags, "scoring", args.threads)
+    except UserError:
+        if not lpips_flags:
+            raise
+        print("LPIPS failed (see above); the table without LPIPS:")
+        run(table_args, "scoring", args.threads)
+
+
+def shipped_model_on_a_real_face(args, faces, results):
+    """The shipped 8x model on the astronaut's face (16x16 -> 128x128): SR, bicubic, scores and a picture;
+    returns the lines naming what was written."""
+    if not SHIPPED.is_file():
+        print(f"skipped: {SHIPPED.relative_to(ROOT)} is not in this checkout")
+        return []
+    hr_dir, lr_dir = faces / "astronaut_hr", faces / "astronaut_lr"
+    sr_dir, bicubic_dir = results / "x8" / MODEL, results / "x8" / BICUBIC
+    table, picture = results / "x8" / "table.md", results / "x8" / "side_by_side.png"
+    write_rgb(hr_dir / "astronaut.png", astronaut_face(SHIPPED_SIZE))
+    run(["-m", "data.make_lr", hr_dir, "--lr_dir", lr_dir, "--lr_up_dir", bicubic_dir, "--scale", SHIPPED_SCALE],
+        "making the LR face", args.threads)
+    run(["test.py", "--gpus", 0, "--dataroot", lr_dir, "--pretrain_model_path", SHIPPED, "--load_size", SHIPPED_SIZE,
+         "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0], "testing", args.threads)
+    score_table(args, SHIPPED_SIZE, hr_dir, "astronaut x8", [bicubic_dir, sr_dir], table)
+    run(["-m", "utils.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic", "--n", 1,
+         "--per_row", 1, "--out", picture], "the side-by-side picture", args.threads)
+    return [f"  x8 table    {table}", f"  x8 picture  {picture} (LR | bicubic | SR | HR, 128x128)"]
+
+
 def mean_psnr(hr_dir, sr_dir):
     """Mean Y-channel PSNR (the table's convention) of ``sr_dir`` against ``hr_dir``."""
     from utils.folder_eval import evaluate_folders
@@ -166,7 +206,7 @@ def mean_psnr(hr_dir, sr_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    steps = Steps(5)
+    steps = Steps(6)
     out = Path(args.out).resolve()
     prepare_out_dir(out)
     faces, results = out / "faces", out / "results"
@@ -193,19 +233,12 @@ def main(argv=None):
          "--batch_size", 32, "--num_threads", 0], "testing", args.threads)
 
     steps.begin("scoring", "scores against the held-out HR faces, and a picture")
-    lpips_flags, lpips_note = lpips_backbone(args)
-    print(lpips_note)
-    table_args = ["-m", "utils.results_table", "--hr_dir", hr_dir, "--dataset_name", "held-out", bicubic_dir, sr_dir,
-                  "--out", table]
-    try:
-        run(table_args + lpips_flags, "scoring", args.threads)
-    except UserError:
-        if not lpips_flags:
-            raise
-        print("LPIPS failed (see above); the table without LPIPS:")
-        run(table_args, "scoring", args.threads)
+    score_table(args, args.load_size, hr_dir, "held-out", [bicubic_dir, sr_dir], table)
     run(["-m", "utils.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic",
          "--n", 8, "--per_row", 2, "--zoom", 4, "--out", picture], "the side-by-side picture", args.threads)
+
+    steps.begin("shipped", "the shipped 8x model on a real face (scikit-image's astronaut, 16x16 -> 128x128)")
+    shipped_lines = shipped_model_on_a_real_face(args, faces, results)
 
     steps.begin("check", "check")
     model_psnr, bicubic_psnr = mean_psnr(hr_dir, sr_dir), mean_psnr(hr_dir, bicubic_dir)
@@ -216,7 +249,8 @@ def main(argv=None):
           f"  checkpoint  {checkpoint}\n"
           f"  training    {out / 'logs' / NAME} (train_log.txt, TensorBoard tb/, visuals/)\n"
           f"  SR faces    {sr_dir}\n  bicubic     {bicubic_dir}\n"
-          f"  table       {table}\n  picture     {picture} (LR | bicubic | SR | HR)")
+          f"  table       {table}\n  picture     {picture} (LR | bicubic | SR | HR)"
+          + "".join("\n" + line for line in shipped_lines))
     verdict = "beats" if gain > 0 else "does NOT beat"
     print(f"\nHybriMamba {verdict} bicubic on the {face_set.heldout_count} held-out faces: PSNR {model_psnr:.2f} dB "
           f"vs {bicubic_psnr:.2f} dB ({gain:+.2f} dB)")

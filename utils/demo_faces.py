@@ -37,6 +37,9 @@ ASTRONAUT_CROPS = 160
 ASTRONAUT_FACE_CENTRE = (225, 120)
 ASTRONAUT_WINDOW = (110, 260)
 ASTRONAUT_SHIFT = 25
+# The shipped 8x model's real face: a window framed like CelebA's 128x128 test crops (eyes at about
+# a third of the height, chin near the bottom).
+ASTRONAUT_FACE_WINDOW = (225, 125, 136)  # centre x, centre y, side
 MAX_USER_HELDOUT = 20
 
 
@@ -123,6 +126,15 @@ def astronaut_crops(count, size, rng):
         crop = np.asarray(resize_bicubic(window, (size, size)))
         crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
     return crops
+
+
+def astronaut_face(size=128):
+    """The astronaut's face framed like a CelebA test crop, PIL-bicubic resized to (size, size, 3) uint8."""
+    portrait = Image.fromarray(to_uint8(load_skimage_image("astronaut")))
+    cx, cy, side = ASTRONAUT_FACE_WINDOW
+    half = side / 2
+    window = portrait.crop(tuple(round(v) for v in (cx - half, cy - half, cx + half, cy + half)))
+    return np.asarray(resize_bicubic(window, (size, size)))
 
 
 def build_builtin_faces(out_dir, size=24, seed=0, progress=True):
