@@ -15,6 +15,7 @@ from models import HybriMamba
 from models.complexity import count_complexity, format_report, measure_latency
 from models.selective_scan import BACKENDS, resolve_backend
 from options.base_options import OptionParser, positive
+from utils.distributed import resolve_device
 from utils.errors import UserError, run_cli
 
 
@@ -38,27 +39,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_device(name):
-    """``name`` as a torch.device that this machine has; otherwise ``UserError``."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device torch knows; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:  # a device this build or machine lacks, or a wrong index
-        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--device {name}: not usable here ({reason}); use --device cpu") from None
-    return device
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.size[0] % 4 or args.size[1] % 4:
         raise UserError(f"--size {args.size[0]} {args.size[1]}: both must be multiples of 4")
-    args.device = check_device(args.device)
+    args.device = resolve_device(args.device)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     model = HybriMamba(embed_dim=args.embed_dim, depth=args.depth, n_layers=args.n_layers, expand=args.expand,
                        d_state=args.d_state, mlp_ratio=args.mlp_ratio, scan_backend=args.scan_backend)

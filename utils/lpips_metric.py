@@ -11,24 +11,12 @@ from contextlib import contextmanager
 
 import torch
 
+from utils.distributed import resolve_device
 from utils.errors import UserError
 from utils.image_tensor import to_tensor
 
 LPIPS_NETS = ("alex", "vgg")
 BACKBONE_ENV = "HYBRIMAMBA_LPIPS_BACKBONE"
-
-
-def resolve_device(device="auto"):
-    """'auto' -> cuda when available else cpu; an unusable device is a ``UserError``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu")
-    return dev
 
 
 def backbone_key_map(lpips_model):
