@@ -1,10 +1,11 @@
-"""Shared fixtures: the repository root on sys.path and the optional ../shared data folder."""
+"""Shared fixtures: the repository root on sys.path, the optional ../shared data folder, one-thread modules."""
 import hashlib
 import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -46,3 +47,13 @@ def file_hashes(*roots):
     """sha256 of every file under ``roots``, keyed by path: compare before/after to prove nothing changed."""
     return {path: hashlib.sha256(path.read_bytes()).hexdigest()
             for root in roots for path in sorted(Path(root).rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors: more threads only add overhead, and CI shares
+    its two cores between jobs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -33,13 +33,7 @@ PATH_FLAGS = ("--dataroot", "--pretrain_model_path", "--save_as_dir")
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny images: more intra-op threads only add overhead, and CI shares its two cores between jobs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_rgb(rng, width, height):
