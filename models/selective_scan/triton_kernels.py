@@ -65,12 +65,9 @@ def _at_step(x, steps, index):
 
 
 @triton.jit
-def scan_forward_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, y_ptr, states_ptr,
-                        channels, width, n_state, length, n_chunks,
-                        N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, HAS_D: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr):
-    """y = C h + D u for one (batch, group, channel block); the state entering each chunk goes to
-    states (Bt, K*Dn, n_chunks, N) if SAVE_STATES."""
+def _block(channels, width, n_state, length, N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (batch, group, channel block): its batch*groups index, channels and their mask,
+    states and their mask, u/delta row of each channel and B/C row offset of each state."""
     batch_group = tl.program_id(0)
     groups = channels // width
     batch, group = batch_group // groups, batch_group % groups
@@ -79,15 +76,27 @@ def scan_forward_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, 
     channel = group * width + d_in
     n = tl.arange(0, N_BLOCK)
     n_mask = n < n_state
+    row = batch.to(tl.int64) * channels + channel
+    bc_rows = (batch_group.to(tl.int64) * n_state + n) * length
+    return batch_group, channel, d_mask, n, n_mask, row, bc_rows
+
+
+@triton.jit
+def scan_forward_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, y_ptr, states_ptr,
+                        channels, width, n_state, length, n_chunks,
+                        N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, HAS_D: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr):
+    """y = C h + D u for one (batch, group, channel block); the state entering each chunk goes to
+    states (Bt, K*Dn, n_chunks, N) if SAVE_STATES."""
+    batch_group, channel, d_mask, n, n_mask, row, bc_rows = _block(channels, width, n_state, length,
+                                                                   N_BLOCK, BLOCK_D)
     dn_mask = d_mask[:, None] & n_mask[None, :]
     steps = tl.arange(0, CHUNK)
 
     a = tl.load(a_ptr + channel[:, None] * n_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     skip = tl.load(d_ptr + channel, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
     bias = tl.load(bias_ptr + channel, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else None
-    row = batch.to(tl.int64) * channels + channel
     rows = row * length
-    bc_rows = (batch_group.to(tl.int64) * n_state + n) * length
     state_at = (row[:, None] * n_chunks * n_state + n[None, :])
     h = tl.zeros((BLOCK_D, N_BLOCK), tl.float32)
     for chunk in range(0, n_chunks):
@@ -119,14 +128,8 @@ def scan_backward_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr,
     Writes gu, gdelta (like u); per-program partial sums the caller adds up: ga (Bt, K*Dn, N),
     gd and gbias (Bt, K*Dn), gb and gc (channel blocks, Bt, K, N, L) (summed here over the block's channels).
     """
-    batch_group = tl.program_id(0)
-    groups = channels // width
-    batch, group = batch_group // groups, batch_group % groups
-    d_in = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d_in < width
-    channel = group * width + d_in
-    n = tl.arange(0, N_BLOCK)
-    n_mask = n < n_state
+    batch_group, channel, d_mask, n, n_mask, row, bc_rows = _block(channels, width, n_state, length,
+                                                                   N_BLOCK, BLOCK_D)
     dn_mask = d_mask[:, None] & n_mask[None, :]
     steps = tl.arange(0, CHUNK)
     reversed_steps = CHUNK - 1 - steps
@@ -134,9 +137,7 @@ def scan_backward_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr,
     a = tl.load(a_ptr + channel[:, None] * n_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     skip = tl.load(d_ptr + channel, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
     bias = tl.load(bias_ptr + channel, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else None
-    row = batch.to(tl.int64) * channels + channel
     rows = row * length
-    bc_rows = (batch_group.to(tl.int64) * n_state + n) * length
     part_rows = ((tl.program_id(1).to(tl.int64) * tl.num_programs(0) + batch_group) * n_state + n) * length
     state_at = (row[:, None] * n_chunks * n_state + n[None, :])
 
