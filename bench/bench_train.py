@@ -4,10 +4,13 @@ One step = forward, L1 loss, backward and AdamW update of the paper's network (e
 128x128, for each batch size x selective-scan backend x precision. Every case runs in its own
 subprocess: on the CPU its peak memory is the process's peak resident set size (max RSS,
 including PyTorch itself; "step" is the growth over the RSS before the first step); on CUDA it
-is ``torch.cuda.max_memory_allocated``. One warm-up step precedes the timed steps.
+is ``torch.cuda.max_memory_allocated``. The first step is timed on its own ("1st s": it faults in
+the working memory, and compiles with --compile), then the mean of the timed steps.
 
     python bench/bench_train.py            # batches 1 4 8, backends auto torch ref, fp32 and bf16
     python bench/bench_train.py --quick    # batches 1 4, one timed step, ref only at batch 1
+    python bench/bench_train.py --batches 4 --backends cpp --amp fp32 --malloc retain system
+                                           # host memory kept for reuse (train.py's way) or not
 """
 import argparse
 import json
@@ -24,13 +27,20 @@ if str(ROOT) not in sys.path:
 from bench.process_memory import peak_rss_mb  # noqa: E402 (needs ROOT on sys.path)
 
 
-def run_case(batch, backend, amp, steps, size, activation_checkpointing=False, compile_network=False):
-    """Time ``steps`` training steps after one warm-up (which compiles, with ``compile_network``); returns a dict of figures."""
+def run_case(batch, backend, amp, steps, size, activation_checkpointing=False, compile_network=False,
+             malloc="retain"):
+    """Time one first step (which compiles, with ``compile_network``) and then ``steps`` training steps;
+    returns a dict of figures. ``malloc``: 'retain' keeps freed host memory for reuse as train.py does,
+    'system' leaves glibc's malloc as it is."""
     import torch
     import torch.nn.functional as F
 
     from models import HybriMamba
     from models.selective_scan import resolve_backend
+    from utils.host_memory import retain_freed_memory
+
+    if malloc == "retain":
+        retain_freed_memory()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -57,15 +67,17 @@ def run_case(batch, backend, amp, steps, size, activation_checkpointing=False, c
     rss_before = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
     step()
     sync()
+    first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         step()
     sync()
     seconds = (time.perf_counter() - start) / steps
     figures = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} "
-               f"threads)", "step_s": seconds, "images_per_s": batch / seconds,
+               f"threads)", "first_s": first, "step_s": seconds, "images_per_s": batch / seconds,
                "backend": resolve_backend(backend, device)}
     if device.type == "cuda":
         figures["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -81,7 +93,8 @@ def cases(args):
             if args.quick and backend == "ref" and batch > 1:
                 continue
             for amp in args.amp:
-                yield batch, backend, amp
+                for malloc in args.malloc:
+                    yield batch, backend, amp, malloc
 
 
 def main(argv=None):
@@ -97,40 +110,43 @@ def main(argv=None):
                         help="recompute block activations in the backward (train.py's option of that name)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (train.py's option of that name); the warm-up step compiles")
+    parser.add_argument("--malloc", nargs="+", default=["retain"], choices=["retain", "system"],
+                        help="retain: keep freed host memory for reuse, as train.py does (default); system: glibc's "
+                             "malloc as it is; both: side by side")
     parser.add_argument("--case_timeout", type=float, default=3600, help="seconds before a case is abandoned")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args(argv)
     steps = args.steps or (1 if args.quick else 3)
     if args.case:
-        batch, backend, amp = args.case.split(",")
+        batch, backend, amp, malloc = args.case.split(",")
         print(json.dumps(run_case(int(batch), backend, amp, steps, args.size, args.activation_checkpointing,
-                                  args.compile)))
+                                  args.compile, malloc)))
         return 0
     args.batches = args.batches or ([1, 4] if args.quick else [1, 4, 8])
     print(f"training step at {args.size}x{args.size}, embed_dim 32 (paper config), {steps} timed step(s) "
-          f"after one warm-up{', activation checkpointing' if args.activation_checkpointing else ''}"
+          f"after the first{', activation checkpointing' if args.activation_checkpointing else ''}"
           f"{', torch.compile' if args.compile else ''}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'batch':>5} {'backend':>10} {'amp':>5} {'s/step':>9} {'images/s':>9} {'peak MiB':>9} {'step MiB':>9}  device")
-    for batch, backend, amp in cases(args):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{batch},{backend},{amp}",
+    print(f"{'batch':>5} {'backend':>10} {'amp':>5} {'malloc':>6} {'1st s':>7} {'s/step':>9} {'images/s':>9} {'peak MiB':>9} {'step MiB':>9}  device")
+    for batch, backend, amp, malloc in cases(args):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{batch},{backend},{amp},{malloc}",
                "--steps", str(steps), "--size", str(args.size)]
         cmd += [flag for flag, on in (("--activation_checkpointing", args.activation_checkpointing),
                                       ("--compile", args.compile)) if on]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, cwd=ROOT)
         except subprocess.TimeoutExpired:
-            print(f"{batch:>5} {backend:>10} {amp:>5}  timed out after {args.case_timeout:.0f} s", flush=True)
+            print(f"{batch:>5} {backend:>10} {amp:>5} {malloc:>6}  timed out after {args.case_timeout:.0f} s", flush=True)
             continue
         if done.returncode != 0:
             killed = f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else "no output"
             reason = (done.stderr.strip().splitlines() or [killed])[-1]
-            print(f"{batch:>5} {backend:>10} {amp:>5}  failed: {reason}", flush=True)
+            print(f"{batch:>5} {backend:>10} {amp:>5} {malloc:>6}  failed: {reason}", flush=True)
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         step_mb = f"{r['step_mb']:9.0f}" if "step_mb" in r else f"{'-':>9}"
         shown = f"auto={r['backend']}" if backend == "auto" else backend
-        print(f"{batch:>5} {shown:>10} {amp:>5} {r['step_s']:9.2f} {r['images_per_s']:9.3f} {r['peak_mb']:9.0f} "
+        print(f"{batch:>5} {shown:>10} {amp:>5} {malloc:>6} {r['first_s']:7.2f} {r['step_s']:9.2f} {r['images_per_s']:9.3f} {r['peak_mb']:9.0f} "
               f"{step_mb}  {r['device']}", flush=True)
     return 0
 

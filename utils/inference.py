@@ -19,6 +19,7 @@ from options.test_options import TestOptions
 from utils.checkpoint import WeightsMismatch, load_checkpoint, load_weights
 from utils.errors import UserError
 from utils.folder_eval import evaluate_folders, summary_lines, write_csv
+from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
 from utils.image_tensor import to_uint8
 from utils.output_folder import check_output_folder
@@ -201,6 +202,7 @@ def run_test(opt, progress=True):
 
 
 def _run_test(opt, progress):
+    retain_freed_memory()  # each batch reuses the last one's host memory instead of faulting it in again
     device, notices = select_device(opt.gpus)
     for line in notices + TestOptions().notices(opt):
         log.warning(f"notice: {line}")

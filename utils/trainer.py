@@ -30,6 +30,7 @@ from utils.distributed import (all_gather_objects, broadcast_object, destroy_pro
                                wrap_model)
 from utils.ema import ModelEMA
 from utils.errors import UserError
+from utils.host_memory import retain_freed_memory
 from utils.image_tensor import to_uint8
 from utils.metrics import evaluate_pair
 from utils.progress import format_duration, progress_bar
@@ -138,6 +139,7 @@ class Trainer:
 
     def __init__(self, opt):
         self.opt = opt
+        retain_freed_memory()  # each step reuses the last one's host memory instead of faulting it in again
         self.plan = plan_devices(opt.gpus)
         init_process_group(self.plan)
         self.device = self.plan.device

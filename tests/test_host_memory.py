@@ -1,0 +1,64 @@
+"""retain_freed_memory: a freed large block is reused by the next allocation, not faulted in again."""
+import ctypes
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_train import faces6  # noqa: F401 (fixture)
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+# Page faults of each of eight "training steps" that allocate and free 512 MiB in 64 MiB tensors
+# (above glibc's largest adaptive mmap threshold, 32 MiB).
+CHILD = """
+import resource, sys, torch
+from utils.host_memory import retain_freed_memory
+if sys.argv[1] == "retain" and not retain_freed_memory():
+    raise SystemExit("retain_freed_memory() did not take effect")
+
+def step():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    xs = [torch.ones(2**24) for _ in range(4)]
+    total = sum(xs)
+    del xs, total
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+print(*[step() for _ in range(8)])
+"""
+PAGES_PER_STEP = 8 * 2**26 // 4096
+
+
+def step_faults(mode):
+    done = subprocess.run([sys.executable, "-c", CHILD, mode], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [int(f) for f in done.stdout.split()]
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only (Linux)")
+def test_later_steps_reuse_retained_memory_without_page_faults():
+    # The control: glibc as it is maps fresh pages for every large tensor of every step.
+    assert min(step_faults("system")) > PAGES_PER_STEP // 2
+    retained = step_faults("retain")
+    assert retained[0] > PAGES_PER_STEP // 2  # the first step faults its working memory in
+    # Once the heap has grown to the steps' peak (fragmentation takes a step or two), nothing faults.
+    assert max(retained[-2:]) < PAGES_PER_STEP // 20, retained
+
+
+def test_training_and_testing_retain_freed_memory(tmp_path, faces6, monkeypatch):
+    from options import TestOptions
+    from tests.test_train import run_training
+    from utils import inference, trainer
+
+    calls = []
+    for module in (trainer, inference):
+        monkeypatch.setattr(module, "retain_freed_memory", lambda m=module.__name__: calls.append(m))
+    with pytest.raises(UserError, match="--amp fp16 needs CUDA"):  # fails right after the start
+        run_training(tmp_path, faces6, "fp16", "--amp", "fp16", "--max_iters", "1")
+    with pytest.raises(UserError, match="--save_as_dir"):  # the output folder is the input folder
+        inference.run_test(TestOptions().parse(["--dataroot", str(faces6), "--save_as_dir", str(faces6),
+                                                "--pretrain_model_path", str(faces6 / "none.pt")]), progress=False)
+    assert calls == ["utils.trainer", "utils.inference"]
