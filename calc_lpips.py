@@ -2,8 +2,8 @@
 import argparse
 
 from utils.errors import run_cli
-from utils.folder_eval import add_folder_arguments, evaluate_folders, report
-from utils.lpips_metric import BACKBONE_ENV, LPIPS_NETS, build_lpips
+from utils.evaluation.folder_eval import add_folder_arguments, evaluate_folders, report
+from utils.evaluation.lpips_metric import BACKBONE_ENV, LPIPS_NETS, build_lpips
 
 
 def parse_args(argv=None):

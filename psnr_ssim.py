@@ -2,8 +2,8 @@
 import argparse
 
 from utils.errors import run_cli
-from utils.folder_eval import add_folder_arguments, evaluate_folders, report
-from utils.metrics import Y_CONVENTIONS
+from utils.evaluation.folder_eval import add_folder_arguments, evaluate_folders, report
+from utils.evaluation.metrics import Y_CONVENTIONS
 
 
 def parse_args(argv=None):

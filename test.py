@@ -1,7 +1,7 @@
 """Super-resolve a folder of LR faces with a trained HybriMamba (see `python test.py --help`)."""
 from options import TestOptions
 from utils.errors import run_cli
-from utils.inference import run_test
+from utils.evaluation.inference import run_test
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.folder_eval import evaluate_folders  # noqa: E402  (needs the repository root on sys.path)
+from utils.evaluation.folder_eval import evaluate_folders  # noqa: E402  (needs the repository root on sys.path)
 from utils.image_io import write_rgb  # noqa: E402
 
 

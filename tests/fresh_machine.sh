@@ -18,7 +18,8 @@ done
 import importlib, pkgutil
 for package in ("models", "data", "options", "utils"):
     for info in pkgutil.walk_packages([package], prefix=package + "."):
-        importlib.import_module(info.name)
+        if not info.name.endswith(".__main__"):  # running it is the demo itself
+            importlib.import_module(info.name)
 import pytorch_wavelets, lpips, thop, skimage, cv2, tensorboard  # noqa: F401
 print("fresh machine: every module imports")
 PY

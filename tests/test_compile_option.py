@@ -9,7 +9,7 @@ import torch
 
 from options import TestOptions, TrainOptions
 from tests.test_train import load_checkpoint, make_faces, run_training
-from utils.inference import build_model
+from utils.evaluation.inference import build_model
 
 
 @pytest.mark.parametrize("options, argv", [

@@ -14,7 +14,8 @@ from PIL import Image
 
 from options import TrainOptions
 from tests.y_oracle import y_channel
-from utils import demo, demo_faces
+from utils.demo import faces as demo_faces
+from utils.demo import pipeline as demo
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +228,7 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
         assert load(files[0]).shape == (side, side, 3)
     assert (out / "ckpt" / "demo" / "latest.pt").is_file()
     assert (out / "logs" / "demo" / "train_log.txt").is_file()
-    # 8 faces, 2 per row, 4 tiles of 24 pixels zoomed 4x each (utils.side_by_side's layout)
+    # 8 faces, 2 per row, 4 tiles of 24 pixels zoomed 4x each (utils.evaluation.side_by_side's layout)
     assert load(out / "results" / "side_by_side.png").shape == (4 * (24 + 96) + 3 * 4, 2 * 4 * 96 + 4, 3)
 
     # The shipped 8x model on the astronaut's face: LR 16x16, bicubic and SR 128x128, a row each, a picture.

@@ -15,8 +15,8 @@ from skimage.metrics import structural_similarity
 
 from tests.y_oracle import float_formula_y, with_traps, y_channel
 from utils.errors import UserError
-from utils.folder_eval import evaluate_folders
-from utils.side_by_side import GAP, LABEL_HEIGHT
+from utils.evaluation.folder_eval import evaluate_folders
+from utils.evaluation.side_by_side import GAP, LABEL_HEIGHT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,7 +195,7 @@ def test_results_table_two_datasets_bicubic_stats_and_paper_rows(tmp_path):
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"params": 15_123_456, "flops": 19.74e9, "macs": 9.87e9}))
     out = tmp_path / "table.md"
-    res = run("-m", "utils.results_table",
+    res = run("-m", "utils.evaluation.results_table",
               "--hr_dir", tmp_path / "Helen" / "hr", "--dataset_name", "Helen", "--sr_dirs", tmp_path / "Helen" / "MyNet",
               "--hr_dir", tmp_path / "CelebA" / "hr", "--dataset_name", "CelebA", "--sr_dirs", tmp_path / "CelebA" / "MyNet",
               "--bicubic", "--model_stats", f"MyNet={stats}", "--with_paper", "--out", out)
@@ -218,12 +218,12 @@ def test_results_table_positional_folders_and_bad_stats(tmp_path):
     save(tmp_path / "hr" / "0.png", hr)
     save(tmp_path / "A" / "0.png", noisy(hr, 1))
     out = tmp_path / "t.md"
-    res = run("-m", "utils.results_table", "--hr_dir", tmp_path / "hr", tmp_path / "A", "--out", out)
+    res = run("-m", "utils.evaluation.results_table", "--hr_dir", tmp_path / "hr", tmp_path / "A", "--out", out)
     assert res.returncode == 0, res.stderr
     header, rows = table_rows(out)
     assert header[3] == "hr PSNR" and list(rows) == ["A"]
     (tmp_path / "bad.json").write_text("{}")
-    assert_one_line_error(run("-m", "utils.results_table", "--hr_dir", tmp_path / "hr", tmp_path / "A",
+    assert_one_line_error(run("-m", "utils.evaluation.results_table", "--hr_dir", tmp_path / "hr", tmp_path / "A",
                               "--model_stats", f"A={tmp_path / 'bad.json'}", "--out", out), "bad.json", "params")
 
 
@@ -236,7 +236,7 @@ def test_side_by_side_layout_and_tiles(tmp_path):
         save(tmp_path / "sr" / f"{i}.png", noisy(hrs[i], i))
         save(tmp_path / "hr" / f"{i}.png", hrs[i])
     out = tmp_path / "fig.png"
-    res = run("-m", "utils.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr", "--hr", tmp_path / "hr",
+    res = run("-m", "utils.evaluation.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr", "--hr", tmp_path / "hr",
               "--bicubic", "--n", "3", "--per_row", "2", "--out", out)
     assert res.returncode == 0, res.stderr
     fig = load(out)
@@ -258,7 +258,7 @@ def test_side_by_side_zoom_replicates_pixels(tmp_path):
     save(tmp_path / "sr" / "a.png", hr)
     save(tmp_path / "hr" / "a.png", hr)
     out = tmp_path / "fig.png"
-    res = run("-m", "utils.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr", "--hr", tmp_path / "hr",
+    res = run("-m", "utils.evaluation.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr", "--hr", tmp_path / "hr",
               "--zoom", "3", "--out", out)
     assert res.returncode == 0, res.stderr
     fig = load(out)

@@ -15,9 +15,9 @@ import torchvision
 
 from tests.conftest import shared_path
 from utils.errors import UserError
-from utils.folder_eval import evaluate_folders
+from utils.evaluation.folder_eval import evaluate_folders
+from utils.evaluation.lpips_metric import BACKBONE_ENV, build_lpips, load_backbone, lpips_distance
 from utils.image_io import read_rgb, write_rgb
-from utils.lpips_metric import BACKBONE_ENV, build_lpips, load_backbone, lpips_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_gpu_equals_cpu(ours, weights):
 
 
 def test_faces_too_small_for_alexnet_are_a_clear_error(ours):
-    from utils.lpips_metric import lpips_distance
+    from utils.evaluation.lpips_metric import lpips_distance
 
     with pytest.raises(UserError, match="at least 31x31"):
         lpips_distance(ours, torch.zeros(1, 3, 30, 30), torch.zeros(1, 3, 30, 30))

@@ -9,8 +9,8 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import structural_similarity
 
 from tests.y_oracle import FLOAT_FORMULA_TRAPS, float_formula_y, with_traps, y_channel
+from utils.evaluation.metrics import evaluate_pair, psnr, rgb_to_y, ssim
 from utils.image_io import read_rgb
-from utils.metrics import evaluate_pair, psnr, rgb_to_y, ssim
 
 # Our SSIM and skimage's evaluate the same float64 formula with a different summation order.
 SSIM_TOL = 1e-10

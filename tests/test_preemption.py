@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 from options import TrainOptions
 from tests.conftest import ROOT
 from tests.test_train import free_port, make_faces, run_training, tensor_leaves, train_argv
-from utils.checkpoint import load_checkpoint
-from utils.stop_signals import EXIT_STOPPED, ignore_stop_signals
-from utils.trainer import Trainer, train
+from utils.training.checkpoint import load_checkpoint
+from utils.training.stop_signals import EXIT_STOPPED, ignore_stop_signals
+from utils.training.trainer import Trainer, train
 
 # One thread in and out of the test process: the runs compared bit for bit must reduce in the same order.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -12,10 +12,10 @@ from PIL import Image
 
 from models import HybriMamba
 from tests.conftest import ROOT, shared_path
-from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from utils.demo_faces import astronaut_face
+from utils.demo.faces import astronaut_face
 from utils.errors import UserError
-from utils.export_model import export_model
+from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.training.export_model import export_model
 
 SHIPPED = ROOT / "pretrained" / "HybriMamba-tiny-x8.pt"
 NETWORK_KEYS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")

@@ -79,7 +79,7 @@ INVOCATIONS = project_invocations()
 def test_the_readme_shows_every_entry_point():
     targets = {target for target, _ in INVOCATIONS}
     assert {"train.py", "test.py", "psnr_ssim.py", "calc_lpips.py", "param.py", "data.prepare_celeba",
-            "data.make_lr", "utils.results_table", "utils.side_by_side"} <= targets
+            "data.make_lr", "utils.evaluation.results_table", "utils.evaluation.side_by_side"} <= targets
     assert README.index("make demo") < README.index("make test") < README.index("## Installation")
 
 

@@ -23,10 +23,10 @@ from models import HybriMamba
 from options import TestOptions, TrainOptions
 from tests.conftest import ROOT, file_hashes
 from tests.test_eval_scripts import reference_metrics
-from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.errors import UserError, run_cli
-from utils.inference import run_test
-from utils.trainer import NonFiniteError, train
+from utils.evaluation.inference import run_test
+from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.training.trainer import NonFiniteError, train
 
 TINY = {"embed_dim": 4, "depth": 1, "n_layers": 1}
 TINY_FLAGS = [f for k, v in TINY.items() for f in (f"--{k}", str(v))]

@@ -19,11 +19,11 @@ from models import HybriMamba
 from options import TestOptions, TrainOptions
 from tests.conftest import ROOT, shared_path
 from tests.test_options import readme_blocks, script_calls
-from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
-from utils.folder_eval import evaluate_folders
-from utils.inference import run_test, super_resolve
-from utils.lpips_metric import build_lpips
+from utils.evaluation.folder_eval import evaluate_folders
+from utils.evaluation.inference import run_test, super_resolve
+from utils.evaluation.lpips_metric import build_lpips
+from utils.training.checkpoint import save_checkpoint
 
 TINY = {"embed_dim": 8, "depth": 1, "n_layers": 1}
 TINY_FLAGS = [f for k, v in TINY.items() for f in (f"--{k}", str(v))]

@@ -13,21 +13,21 @@ import torch.multiprocessing as mp
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import utils.trainer as trainer_module
+import utils.training.trainer as trainer_module
 from models import HybriMamba, image_ssm
 from options import TrainOptions
 from tests import network_oracle
 from tests.conftest import ROOT
-from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.distributed import plan_devices, unwrap
-from utils.ema import ModelEMA
 from utils.errors import UserError
+from utils.evaluation.metrics import evaluate_pair
 from utils.image_io import read_rgb
 from utils.image_tensor import to_tensor, to_uint8
-from utils.metrics import evaluate_pair
-from utils.train_data import ResumableSampler, SeededSamples
-from utils.train_logging import image_grid
-from utils.trainer import NonFiniteError, Trainer, rng_state, set_rng_state, train
+from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.training.data import ResumableSampler, SeededSamples
+from utils.training.ema import ModelEMA
+from utils.training.logger import image_grid
+from utils.training.trainer import NonFiniteError, Trainer, rng_state, set_rng_state, train
 
 SIZE = 16
 TINY = ["--embed_dim", "8", "--depth", "1", "--n_layers", "1"]

@@ -5,6 +5,7 @@ redraw stays behind as a line fragment. ``progress_bar`` therefore returns a tqd
 its stream (stderr, where tqdm draws) is a terminal; otherwise a ``LineProgress`` that writes
 one plain line every ``LINE_INTERVAL_S`` seconds and a last one when it closes.
 """
+import logging
 import math
 import sys
 import time
@@ -12,6 +13,15 @@ import time
 from tqdm import tqdm
 
 LINE_INTERVAL_S = 30.0
+
+
+class TqdmHandler(logging.Handler):
+    """Console lines written through tqdm so they do not tear the progress bar; flushed at once,
+    since a redirected stdout (nohup, SLURM) is block-buffered."""
+
+    def emit(self, record):
+        tqdm.write(self.format(record))
+        sys.stdout.flush()
 
 
 def format_duration(seconds):

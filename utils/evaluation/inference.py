@@ -16,15 +16,14 @@ from models import HybriMamba, forward_padded
 from models.selective_scan import resolve_backend
 from options.base_options import NETWORK_OPTIONS, network_config
 from options.test_options import TestOptions
-from utils.checkpoint import WeightsMismatch, load_checkpoint, load_weights
 from utils.errors import UserError
-from utils.folder_eval import evaluate_folders, summary_lines, write_csv
+from utils.evaluation.folder_eval import evaluate_folders, summary_lines, write_csv
+from utils.evaluation.output_folder import check_output_folder
 from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
 from utils.image_tensor import to_uint8
-from utils.output_folder import check_output_folder
-from utils.progress import progress_bar
-from utils.train_logging import TqdmHandler
+from utils.progress import TqdmHandler, progress_bar
+from utils.training.checkpoint import WeightsMismatch, load_checkpoint, load_weights
 
 log = logging.getLogger("hybrimamba")
 OUTPUT_SUFFIX = ".png"
@@ -223,7 +222,7 @@ def _run_test(opt, progress):
     resolve_backend(opt.scan_backend, device)
     lpips_model = None
     if opt.lpips:
-        from utils.lpips_metric import build_lpips  # deferred: lpips imports torchvision's models
+        from utils.evaluation.lpips_metric import build_lpips  # deferred: lpips imports torchvision's models
         lpips_model = build_lpips("alex", opt.backbone_weights, device)
     model, what = build_model(opt, device)
     log.info(f"{what}; {len(dataset)} image(s) at {opt.load_size}x{opt.load_size} on {device}")

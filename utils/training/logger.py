@@ -1,25 +1,15 @@
 """Training logs: console and text file, TensorBoard scalars, LR|SR|HR image grids (rank 0 only)."""
 import logging
-import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from utils.image_io import write_rgb
 from utils.image_tensor import to_uint8
+from utils.progress import TqdmHandler
 
 log = logging.getLogger("hybrimamba")
 GRID_ROWS = 4
-
-
-class TqdmHandler(logging.Handler):
-    """Console lines written through tqdm so they do not tear the progress bar; flushed at once,
-    since a redirected stdout (nohup, SLURM) is block-buffered."""
-
-    def emit(self, record):
-        tqdm.write(self.format(record))
-        sys.stdout.flush()
 
 
 def image_grid(lr, sr, hr, rows=GRID_ROWS):

@@ -2,11 +2,11 @@
 
     python -m utils.demo [--out demo_output] [--dataroot HR_FACES_DIR] [--iters N] ...
 
-1. faces: built from images inside scikit-image (``utils.demo_faces``), or your own HR faces;
+1. faces: built from images inside scikit-image (``utils.demo.faces``), or your own HR faces;
 2. training: a small HybriMamba with ``train.py`` (on the CPU);
 3. LR faces with ``python -m data.make_lr`` (also the bicubic baseline), SR with ``test.py``;
 4. PSNR/SSIM (and LPIPS when the AlexNet weights are at hand) of the model and of bicubic with
-   ``python -m utils.results_table``, and a picture with ``python -m utils.side_by_side``;
+   ``python -m utils.evaluation.results_table``, and a picture with ``python -m utils.evaluation.side_by_side``;
 5. the shipped 8x model (``pretrained/``) on a real colour face: scikit-image's astronaut, framed
    like a CelebA test crop, 16x16 -> 128x128, scored and pictured beside bicubic;
 6. the check: the demo's model must beat bicubic PSNR on the held-out faces (exit code 1 if not).
@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from utils.demo_faces import astronaut_face, build_builtin_faces, build_user_faces
-from utils.errors import UserError, run_cli
+from utils.demo.faces import astronaut_face, build_builtin_faces, build_user_faces
+from utils.errors import UserError
 from utils.image_io import write_rgb
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MARKER = ".hybrimamba_demo"  # marks a folder as the demo's own, so a rerun may empty it
 SUBFOLDERS = ("faces", "results", "ckpt", "logs")
 NAME = "demo"
@@ -143,7 +143,7 @@ def lpips_backbone(args, size):
     for faces of ``size`` x ``size`` pixels."""
     if args.no_lpips:
         return [], "LPIPS skipped (--no_lpips)"
-    from utils.lpips_metric import BACKBONE_ENV, MIN_SIDE  # deferred: it imports torch
+    from utils.evaluation.lpips_metric import BACKBONE_ENV, MIN_SIDE  # deferred: it imports torch
 
     min_side = MIN_SIDE["alex"]
     if size < min_side:
@@ -164,10 +164,10 @@ def lpips_backbone(args, size):
 
 
 def score_table(args, size, hr_dir, dataset, folders, table):
-    """Run utils.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if it fails)."""
+    """Run utils.evaluation.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if it fails)."""
     lpips_flags, lpips_note = lpips_backbone(args, size)
     print(lpips_note)
-    table_args = ["-m", "utils.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders, "--out", table]
+    table_args = ["-m", "utils.evaluation.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders, "--out", table]
     try:
         run(table_args + lpips_flags, "scoring", args.threads)
     except UserError:
@@ -192,14 +192,14 @@ def shipped_model_on_a_real_face(args, faces, results):
     run(["test.py", "--gpus", 0, "--dataroot", lr_dir, "--pretrain_model_path", SHIPPED, "--load_size", SHIPPED_SIZE,
          "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0], "testing", args.threads)
     score_table(args, SHIPPED_SIZE, hr_dir, "astronaut x8", [bicubic_dir, sr_dir], table)
-    run(["-m", "utils.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic", "--n", 1,
+    run(["-m", "utils.evaluation.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic", "--n", 1,
          "--per_row", 1, "--out", picture], "the side-by-side picture", args.threads)
     return [f"  x8 table    {table}", f"  x8 picture  {picture} (LR | bicubic | SR | HR, 128x128)"]
 
 
 def mean_psnr(hr_dir, sr_dir):
     """Mean Y-channel PSNR (the table's convention) of ``sr_dir`` against ``hr_dir``."""
-    from utils.folder_eval import evaluate_folders
+    from utils.evaluation.folder_eval import evaluate_folders
 
     return evaluate_folders(hr_dir, sr_dir, progress=False)[1]["psnr"]
 
@@ -234,7 +234,7 @@ def main(argv=None):
 
     steps.begin("scoring", "scores against the held-out HR faces, and a picture")
     score_table(args, args.load_size, hr_dir, "held-out", [bicubic_dir, sr_dir], table)
-    run(["-m", "utils.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic",
+    run(["-m", "utils.evaluation.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic",
          "--n", 8, "--per_row", 2, "--zoom", 4, "--out", picture], "the side-by-side picture", args.threads)
 
     steps.begin("shipped", "the shipped 8x model on a real face (scikit-image's astronaut, 16x16 -> 128x128)")
@@ -259,7 +259,3 @@ def main(argv=None):
         print("train longer (--iters) or check the training log above", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from utils.errors import UserError
-from utils.stop_signals import ignore_stop_signals
+from utils.training.stop_signals import ignore_stop_signals
 
 
 def sample_seed(seed, epoch, index):

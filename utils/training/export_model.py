@@ -1,6 +1,6 @@
 """Export the weights of a training checkpoint for release: one state_dict and the options that built it.
 
-    python -m utils.export_model ckpt/NAME/latest.pt pretrained/NAME.pt [--raw]
+    python -m utils.training.export_model ckpt/NAME/latest.pt pretrained/NAME.pt [--raw]
 
 A training checkpoint also holds the optimizer state, the raw and the EMA weights, the RNG states and
 every option (with the paths of the machine it ran on): about four times the weights. The exported
@@ -10,8 +10,8 @@ and its task, so ``test.py --pretrain_model_path FILE`` rebuilds the network by 
 import argparse
 from pathlib import Path
 
-from utils.checkpoint import NETWORK_OPTIONS, load_checkpoint, save_checkpoint, select_weights
 from utils.errors import UserError, run_cli
+from utils.training.checkpoint import NETWORK_OPTIONS, load_checkpoint, save_checkpoint, select_weights
 
 KEPT_OPTIONS = (*NETWORK_OPTIONS, "load_size", "scale_factor")
 
@@ -32,7 +32,7 @@ def export_model(src, dst, prefer_ema=True):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m utils.export_model", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m utils.training.export_model", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="a checkpoint written by train.py (latest.pt, iter_N.pt, best.pt)")
     p.add_argument("out", help="the file to write")
     p.add_argument("--raw", action="store_true", help="export the raw weights even when EMA weights exist")

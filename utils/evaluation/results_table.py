@@ -2,12 +2,12 @@
 
 One dataset (method name = SR folder name):
 
-    python -m utils.results_table --hr_dir HR --dataset_name Helen SR_DIR [SR_DIR ...] \\
+    python -m utils.evaluation.results_table --hr_dir HR --dataset_name Helen SR_DIR [SR_DIR ...] \\
         [--bicubic] [--lpips] [--model_stats HybriMamba=stats.json] [--with_paper] --out table.md
 
 Several datasets: one group per dataset, folders of one method sharing their folder name:
 
-    python -m utils.results_table --hr_dir HELEN_HR --dataset_name Helen --sr_dirs out/helen/HybriMamba \\
+    python -m utils.evaluation.results_table --hr_dir HELEN_HR --dataset_name Helen --sr_dirs out/helen/HybriMamba \\
         --hr_dir CELEBA_HR --dataset_name CelebA --sr_dirs out/celeba/HybriMamba --bicubic --out table.md
 """
 import argparse
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from data.make_lr import make_lr
 from utils.errors import UserError, run_cli
-from utils.folder_eval import default_workers, evaluate_folders
-from utils.metrics import Y_CONVENTIONS
+from utils.evaluation.folder_eval import default_workers, evaluate_folders
+from utils.evaluation.metrics import Y_CONVENTIONS
 
 BICUBIC = "Bicubic"
 
@@ -137,7 +137,7 @@ def main(argv=None):
     stats = dict(read_model_stats(s) for s in args.model_stats)
     lpips_model = None
     if args.lpips:
-        from utils.lpips_metric import build_lpips  # deferred: torch is only needed for LPIPS
+        from utils.evaluation.lpips_metric import build_lpips  # deferred: torch is only needed for LPIPS
         lpips_model = build_lpips("alex", args.backbone_weights, args.device)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bicubic_") as tmp:

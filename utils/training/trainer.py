@@ -4,7 +4,7 @@ exact resume, validation, logging; single device, DataParallel or DDP (see utils
 Exact resume: a checkpoint stores the position as (epochs done, batches of the current epoch
 done) next to the optimizer, scheduler, scaler, EMA and every RNG state. The data order and
 the augmentation of each sample are functions of (seed, epoch, index) only
-(``utils.train_data``), so the resumed run skips the consumed batches of the epoch's order and
+(``utils.training.data``), so the resumed run skips the consumed batches of the epoch's order and
 continues with the very batches the uninterrupted run would have seen.
 """
 import bisect
@@ -25,19 +25,19 @@ from data import CelebADataset
 from models import HybriMamba
 from options.base_options import network_config
 from options.train_options import TrainOptions
-from utils.checkpoint import assign_weights, check_finite, load_checkpoint, load_weights, save_checkpoint, select_weights
 from utils.distributed import (all_gather_objects, broadcast_object, destroy_process_group, init_process_group, plan_devices, unwrap,
                                wrap_model)
-from utils.ema import ModelEMA
 from utils.errors import UserError
+from utils.evaluation.metrics import evaluate_pair
 from utils.host_memory import retain_freed_memory
 from utils.image_tensor import to_uint8
-from utils.metrics import evaluate_pair
 from utils.progress import format_duration, progress_bar
-from utils.stop_signals import StopSignals, ignore_stop_signals
-from utils.run_folder import prepare_run_folders
-from utils.train_data import batches, build_train_loader
-from utils.train_logging import TrainLogger
+from utils.training.checkpoint import assign_weights, check_finite, load_checkpoint, load_weights, save_checkpoint, select_weights
+from utils.training.data import batches, build_train_loader
+from utils.training.ema import ModelEMA
+from utils.training.logger import TrainLogger
+from utils.training.run_folder import prepare_run_folders
+from utils.training.stop_signals import StopSignals, ignore_stop_signals
 
 log = logging.getLogger("hybrimamba")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,6 +1,6 @@
 """Evaluate an SR folder against a ground-truth folder: pairing, parallel metrics, CSV.
 
-Shared by psnr_ssim.py, calc_lpips.py, test.py --hr_dir and ``python -m utils.results_table``.
+Shared by psnr_ssim.py, calc_lpips.py, test.py --hr_dir and ``python -m utils.evaluation.results_table``.
 Pairs are read and scored by a thread pool (OpenCV decoding and filtering release the GIL);
 LPIPS runs batched in the calling thread on images of equal size.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import UserError
+from utils.evaluation.metrics import SSIM_RADIUS, evaluate_pair
 from utils.image_io import pair_by_stem, read_rgb
-from utils.metrics import SSIM_RADIUS, evaluate_pair
 from utils.progress import progress_bar
 
 CSV_FIELDS = ("name", "gt", "sr", "psnr", "ssim", "lpips")
@@ -93,7 +93,7 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention="truncate", c
 
     if lpips_model is not None:
         # deferred so that PSNR/SSIM alone never pays for importing torch
-        from utils.lpips_metric import lpips_distance_uint8
+        from utils.evaluation.lpips_metric import lpips_distance_uint8
 
     def flush():
         dist = lpips_distance_uint8(lpips_model, [g for _, g, _ in batch], [s for _, _, s in batch])

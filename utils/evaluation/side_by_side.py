@@ -1,6 +1,6 @@
 """A comparison picture: LR (nearest-upsampled) | bicubic | SR | HR, a few faces per row.
 
-    python -m utils.side_by_side --lr LR_DIR --sr SR_DIR --hr HR_DIR [--bicubic] --out fig.png [--n 4] [--per_row 2]
+    python -m utils.evaluation.side_by_side --lr LR_DIR --sr SR_DIR --hr HR_DIR [--bicubic] --out fig.png [--n 4] [--per_row 2]
         [--zoom K]
 
 Faces are matched by file stem; every tile is drawn at the size of the first HR image, then

@@ -1,0 +1,1 @@
+"""The demo behind `make demo` (`python -m utils.demo`)."""

@@ -1,0 +1,1 @@
+"""The training engine behind train.py."""
