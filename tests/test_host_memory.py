@@ -49,7 +49,6 @@ def test_later_steps_reuse_retained_memory_without_page_faults():
     assert sum(retained[1:]) < sum(system[1:]) // 4, (retained, system)
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only (Linux)")
 def test_training_and_testing_retain_freed_memory(tmp_path, faces6, monkeypatch):
     from options import TestOptions
     from tests.test_train import run_training
