@@ -1,10 +1,10 @@
 """Parameter and operation counts of HybriMamba, including the ops that thop does not see.
 
 thop counts the nn.Conv2d / nn.Linear (and norm / activation) modules in multiply-accumulates
-(MACs). The Image-SSM's einsum projections, the selective scan, the FFTs and the Haar
+(MACs). The Image-SSM's per-direction projections, the selective scan, the FFTs and the Haar
 transforms are functional ops inside custom modules, so they are counted here from the shapes
 each call sees:
-- x_proj / dt_proj einsums: B*K*L*D*(R + 2N) and B*K*L*R*D MACs;
+- x_proj / dt_proj per-direction matmuls: B*K*L*D*(R + 2N) and B*K*L*R*D MACs;
 - selective scan: 9*B*L*D*N + B*D*L FLOPs (D counts all four directions), the count mamba-ssm
   uses for its reference scan (discretisation, state update, output, D skip);
 - rfft2 / irfft2: 2.5*N*log2(N) FLOPs per real channel of N pixels each (half a complex FFT);
@@ -68,7 +68,7 @@ def _extra_ops(module, inputs):
         length, k, n, r = h * w, DIRECTIONS, module.d_state, module.dt_rank
         proj = b * k * length * d * (r + 2 * n) + b * k * length * r * d
         scan = 9 * b * length * k * d * n + b * k * d * length
-        return {"Image-SSM projections (einsum)": (proj, 2 * proj), "selective scan": (scan / 2, scan)}
+        return {"Image-SSM projections (x_proj, dt_proj)": (proj, 2 * proj), "selective scan": (scan / 2, scan)}
     if isinstance(module, FourierBranch):
         b, c, h, w = x.shape
         fft = 2 * 2.5 * b * c * h * w * math.log2(h * w)

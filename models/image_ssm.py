@@ -24,6 +24,15 @@ def cross_merge(ys, h, w):
     return rows.view(b, d, h, w) + cols.view(b, d, w, h).transpose(2, 3)
 
 
+def per_direction_matmul(weight, x):
+    """(K, O, I) @ (B, K, I, L) -> (B, K, O, L), direction k by weight k. One bmm over a view of x, so
+    the backward keeps x itself (which the scan keeps too), not the permuted copy einsum or
+    matmul would make of it."""
+    b, k, i, length = x.shape
+    w = weight.expand(b, *weight.shape).reshape(b * k, *weight.shape[1:])
+    return torch.bmm(w, x.reshape(b * k, i, length)).view(b, k, -1, length)
+
+
 class SymmetryEnhancement(nn.Module):
     """y + 0.2 * ((1 - w) * y + w * (y + flip_W(y)) / 2), w = sigmoid(alpha); (B, D, H, W) -> same."""
 
@@ -82,9 +91,9 @@ class ImageSSM(nn.Module):
         b, d, h, w = x.shape
         k, n, r = DIRECTIONS, self.d_state, self.dt_rank
         xs = cross_scan(x)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        x_dbl = per_direction_matmul(self.x_proj_weight, xs)
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_proj_weight)
+        dts = per_direction_matmul(self.dt_proj_weight, dts)
         # The SSM parameters in at least float32 (a float64 model keeps them in float64).
         precise = torch.promote_types(self.A_logs.dtype, torch.float32)
         ys = selective_scan(

@@ -84,7 +84,7 @@ def thop_by_hand(c, h, w, depth=1, n_layers=1, expand=1.5, mlp_ratio=2.0):
 
 def functional_flops_by_hand(c, h, w, depth=1, n_layers=1, expand=1.5, d_state=8):
     """FLOPs per (stage, op) of what thop cannot see, by the conventions param.py documents:
-    einsum projections 2 x MACs (x_proj: K L D (R + 2N), dt_proj: K L R D with K = 4 directions);
+    per-direction projections 2 x MACs (x_proj: K L D (R + 2N), dt_proj: K L R D with K = 4 directions);
     the scan 9 L (K D) N + (K D) L; each of rfft2 and irfft2 2.5 N log2(N) per channel of N pixels;
     the Haar DWT and its inverse 4 per value they output (the padded size at odd sides)."""
     flops = Counter()
@@ -93,7 +93,7 @@ def functional_flops_by_hand(c, h, w, depth=1, n_layers=1, expand=1.5, d_state=8
         padded = di * (sh + sh % 2) * (sw + sw % 2)
         for _ in range(depth * n_layers):
             projections = 4 * tokens * di * (rank + 2 * n) + 4 * tokens * rank * di
-            flops[name, "Image-SSM projections (einsum)"] += 2 * projections
+            flops[name, "Image-SSM projections (x_proj, dt_proj)"] += 2 * projections
             flops[name, "selective scan"] += 9 * tokens * 4 * di * n + 4 * di * tokens
             flops[name, "FFT (rfft2 + irfft2)"] += 2 * 2.5 * di * tokens * math.log2(tokens)
             flops[name, "Haar DWT + IDWT"] += 4 * padded + 4 * padded
