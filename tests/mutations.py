@@ -71,6 +71,13 @@ MUTATIONS = (
     Mutation("scan_flops", "models/complexity.py", "scan = 9 * b * length * k * d * n",
              "scan = 8 * b * length * k * d * n",
              ("tests/test_param.py::test_complexity_totals_by_hand",), "param.py counts 8 FLOPs per scan step, not 9"),
+    Mutation("projection_direction", "models/image_ssm.py", "w = weight.expand(b, *weight.shape)",
+             "w = weight.flip(0).expand(b, *weight.shape)", ORACLE,
+             "each direction projected with another direction's x_proj / dt_proj weights"),
+    Mutation("heap_trimmed", "utils/host_memory.py", "return bool(mallopt(M_TRIM_THRESHOLD, -1)) and ",
+             "return ", ("tests/test_host_memory.py",), "the top of the heap goes back to the kernel when freed"),
+    Mutation("block_mappings", "utils/host_memory.py", " and bool(mallopt(M_MMAP_MAX, 0))", "",
+             ("tests/test_host_memory.py",), "every large block still gets its own mapping, unmapped on free"),
 )
 
 

@@ -12,28 +12,44 @@ from utils.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
-# Page faults of each of eight "training steps" that allocate and free 512 MiB in 64 MiB tensors
-# (above glibc's largest adaptive mmap threshold, 32 MiB).
-CHILD = """
-import resource, sys, torch
+PREAMBLE = """
+import ctypes, resource, sys, torch
 from utils.host_memory import retain_freed_memory
 if sys.argv[1] == "retain" and not retain_freed_memory():
     raise SystemExit("retain_freed_memory() did not take effect")
 
-def step():
+def faults(work):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    work()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+"""
+# Eight "training steps" that allocate and free 512 MiB in 64 MiB tensors (above glibc's largest
+# adaptive mmap threshold, 32 MiB).
+TENSOR_STEPS = PREAMBLE + """
+def step():
     xs = [torch.ones(2**24) for _ in range(4)]
     total = sum(xs)
-    del xs, total
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-print(*[step() for _ in range(8)])
+print(*[faults(step) for _ in range(8)])
 """
-PAGES_PER_STEP = 8 * 2**26 // 4096
+# One 64 MiB block written and freed, four times: it ends at the top of the heap, which glibc trims.
+TOP_OF_HEAP = PREAMBLE + """
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def block():
+    pointer = libc.malloc(2**26)
+    ctypes.memset(pointer, 1, 2**26)
+    libc.free(pointer)
+
+print(*[faults(block) for _ in range(4)])
+"""
+PAGES = 2**26 // 4096  # of one 64 MiB block
 
 
-def step_faults(mode):
-    done = subprocess.run([sys.executable, "-c", CHILD, mode], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def child_faults(code, mode):
+    done = subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return [int(f) for f in done.stdout.split()]
 
@@ -41,12 +57,20 @@ def step_faults(mode):
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only (Linux)")
 def test_later_steps_reuse_retained_memory_without_page_faults():
     # The control: glibc as it is maps fresh pages for every large tensor of every step.
-    system = step_faults("system")
-    assert min(system) > PAGES_PER_STEP // 2, system
-    retained = step_faults("retain")
-    assert retained[0] > PAGES_PER_STEP // 2  # the first step faults its working memory in
+    system = child_faults(TENSOR_STEPS, "system")
+    assert min(system) > 8 * PAGES // 2, system
+    retained = child_faults(TENSOR_STEPS, "retain")
+    assert retained[0] > 8 * PAGES // 2  # the first step faults its working memory in
     # Later steps reuse it: the heap grows a little while fragmentation settles, then nothing faults.
     assert sum(retained[1:]) < sum(system[1:]) // 4, (retained, system)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only (Linux)")
+def test_the_top_of_the_heap_is_not_given_back():
+    system = child_faults(TOP_OF_HEAP, "system")
+    assert min(system) > PAGES // 2, system
+    retained = child_faults(TOP_OF_HEAP, "retain")
+    assert retained[0] > PAGES // 2 and max(retained[1:]) < PAGES // 20, retained
 
 
 def test_training_and_testing_retain_freed_memory(tmp_path, faces6, monkeypatch):
