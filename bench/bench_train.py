@@ -109,10 +109,10 @@ def main(argv=None):
     parser.add_argument("--activation_checkpointing", action="store_true",
                         help="recompute block activations in the backward (train.py's option of that name)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the network (train.py's option of that name); the warm-up step compiles")
+                        help="torch.compile the network (train.py's option of that name); the first step compiles")
     parser.add_argument("--malloc", nargs="+", default=["retain"], choices=["retain", "system"],
                         help="retain: keep freed host memory for reuse, as train.py does (default); system: glibc's "
-                             "malloc as it is; both: side by side")
+                             "malloc as it is; give both to compare them side by side")
     parser.add_argument("--case_timeout", type=float, default=3600, help="seconds before a case is abandoned")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args(argv)
@@ -127,7 +127,8 @@ def main(argv=None):
           f"after the first{', activation checkpointing' if args.activation_checkpointing else ''}"
           f"{', torch.compile' if args.compile else ''}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'batch':>5} {'backend':>10} {'amp':>5} {'malloc':>6} {'1st s':>7} {'s/step':>9} {'images/s':>9} {'peak MiB':>9} {'step MiB':>9}  device")
+    print(f"{'batch':>5} {'backend':>10} {'amp':>5} {'malloc':>6} {'1st s':>7} {'s/step':>9} {'images/s':>9} "
+          f"{'peak MiB':>9} {'step MiB':>9}  device")
     for batch, backend, amp, malloc in cases(args):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{batch},{backend},{amp},{malloc}",
                "--steps", str(steps), "--size", str(args.size)]
@@ -136,7 +137,8 @@ def main(argv=None):
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, cwd=ROOT)
         except subprocess.TimeoutExpired:
-            print(f"{batch:>5} {backend:>10} {amp:>5} {malloc:>6}  timed out after {args.case_timeout:.0f} s", flush=True)
+            print(f"{batch:>5} {backend:>10} {amp:>5} {malloc:>6}  timed out after {args.case_timeout:.0f} s",
+                  flush=True)
             continue
         if done.returncode != 0:
             killed = f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else "no output"
@@ -146,8 +148,8 @@ def main(argv=None):
         r = json.loads(done.stdout.strip().splitlines()[-1])
         step_mb = f"{r['step_mb']:9.0f}" if "step_mb" in r else f"{'-':>9}"
         shown = f"auto={r['backend']}" if backend == "auto" else backend
-        print(f"{batch:>5} {shown:>10} {amp:>5} {malloc:>6} {r['first_s']:7.2f} {r['step_s']:9.2f} {r['images_per_s']:9.3f} {r['peak_mb']:9.0f} "
-              f"{step_mb}  {r['device']}", flush=True)
+        print(f"{batch:>5} {shown:>10} {amp:>5} {malloc:>6} {r['first_s']:7.2f} {r['step_s']:9.2f} "
+              f"{r['images_per_s']:9.3f} {r['peak_mb']:9.0f} {step_mb}  {r['device']}", flush=True)
     return 0
 
 

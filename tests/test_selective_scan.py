@@ -107,12 +107,14 @@ def test_torch_float32_matches_float64_ref_long(length):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("length", [77, 4096])
-def test_torch_backend_on_cuda_matches_float64_ref(length):
-    # On CUDA the chunked scan takes large blocks (one kernel per Python step): same function as on CPU.
-    inputs64 = make_inputs(bt=2, groups=4, width=3, n=8, length=length, seed=length)
+def test_gpu_backends_on_cuda_match_float64_ref(backend, length):
+    # torch: on CUDA the chunked scan takes large blocks (one kernel per Python step), same function as
+    # on the CPU. triton: the compiled kernels, with a partly filled channel block (width 12).
+    inputs64 = make_inputs(bt=2, groups=4, width=12, n=8, length=length, seed=length)
     inputs32 = {k: v.detach().float().cuda().requires_grad_() for k, v in inputs64.items()}
-    got = run(selective_scan, inputs32, backend="torch")
+    got = run(selective_scan, inputs32, backend=backend)
     assert got[0].is_cuda and got[0].dtype == torch.float32
     assert_agree(got, run(selective_scan_ref, inputs64), 1e-4)
 

@@ -2,7 +2,7 @@
 
 glibc's malloc hands every block above its mmap threshold (128 KiB at first) to the kernel on
 free() and maps fresh, zero-filled pages on the next malloc(). A CPU training step of this network
-allocates and frees gigabytes of activations (about 3.5 GiB per image at 128x128), so each step
+allocates and frees gigabytes of activations (about 3 GiB per image at 128x128), so each step
 faulted its whole working set in again: millions of page faults, a third of the step in the kernel,
 worst in the first steps, before glibc's adaptive threshold has risen.
 """
