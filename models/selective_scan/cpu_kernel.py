@@ -3,6 +3,8 @@
 torch.utils.cpp_extension compiles it with g++ and OpenMP into torch's extension folder
 (``TORCH_EXTENSIONS_DIR``, default ~/.cache/torch_extensions), so later processes load it in a
 second. The backward recomputes states from checkpoints saved every ``chunk`` steps by the forward.
+Two entry points: the selective scan (``selective_scan_cpp``) and the fused Image-SSM scan
+(``image_selective_scan_cpp``: four directions read from the feature map, merged into one result).
 """
 import contextlib
 import getpass
@@ -122,10 +124,10 @@ def _extension():
     return _loaded[0]
 
 
-def _kernel_inputs(u, delta, A, B, C, D, delta_bias):
-    """Contiguous tensors in the compute dtype (float32 for bf16/fp16 inputs)."""
-    dtype = compute_dtype(u)
-    return [None if x is None else x.to(dtype).contiguous() for x in (u, delta, A, B, C, D, delta_bias)]
+def _kernel_inputs(first, *others):
+    """Contiguous tensors in the compute dtype of the first (float32 for bf16/fp16 inputs)."""
+    dtype = compute_dtype(first)
+    return [None if x is None else x.to(dtype).contiguous() for x in (first, *others)]
 
 
 class _CompiledScan(torch.autograd.Function):
@@ -161,6 +163,37 @@ def selective_scan_cpp(u, delta, A, B, C, D=None, delta_bias=None, delta_softplu
         return _CompiledScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
     y, _ = _extension().forward(*_kernel_inputs(*tensors), delta_softplus, chunk, False)
     return y.to(u.dtype)
+
+
+class _CompiledImageScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, chunk):
+        y, checkpoints = _extension().image_forward(*_kernel_inputs(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D),
+                                                    chunk, True)
+        # The inputs as given (bf16 under autocast: half the bytes), converted again in the backward.
+        ctx.save_for_backward(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, checkpoints)
+        ctx.chunk = chunk
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        *inputs, checkpoints = ctx.saved_tensors
+        grads = _extension().image_backward(*_kernel_inputs(*inputs), ctx.chunk, checkpoints,
+                                            grad_y.to(checkpoints.dtype).contiguous())
+        grads = [g.to(x.dtype) if needed else None for g, x, needed in zip(grads, inputs, ctx.needs_input_grad)]
+        return (*grads, None)
+
+
+def image_selective_scan_cpp(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, chunk=CHUNK):
+    """The fused Image-SSM scan (layout in models/selective_scan/image_scan.py) on CPU tensors.
+
+    Computes in float64 for float64 x, else float32, and returns y (Bt, Dn, H, W) in that dtype. Without
+    autograd it saves no states.
+    """
+    tensors = (x, x_dbl, dt_proj_weight, dt_proj_bias, A, D)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _CompiledImageScan.apply(*tensors, chunk)
+    return _extension().image_forward(*_kernel_inputs(*tensors), chunk, False)[0]
 
 
 def vector_exp(x):
