@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.haar import haar_dwt, haar_idwt
+from models.haar import HaarInverse, HaarTransform, haar_dwt, haar_idwt
 
 
 def _spectrum(x):
@@ -113,12 +113,24 @@ class WaveletBranch(nn.Module):
     def __init__(self, dim):
         super().__init__()
         self.high_conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.fused = True
 
     def forward(self, x):
+        if self.fused:
+            return self._forward_fused(x)
         ll, highs = haar_dwt(x)
         b, c, _, h, w = highs.shape
         highs = self.high_conv(highs.transpose(1, 2).reshape(b * 3, c, h, w))
         return haar_idwt(ll, highs.reshape(b, 3, c, h, w).transpose(1, 2))[..., :x.shape[-2], :x.shape[-1]]
+
+    def _forward_fused(self, x):
+        """The same, with the transforms' adjoints as their backward (nothing kept, no zero-filled slice
+        gradients) and the conv on channels-last bands (oneDNN's faster layout)."""
+        ll, highs = HaarTransform.apply(x)
+        b, c, _, h, w = highs.shape
+        bands = highs.permute(0, 2, 3, 4, 1).reshape(b * 3, h, w, c).permute(0, 3, 1, 2)
+        bands = self.high_conv(bands).permute(0, 2, 3, 1).reshape(b, 3, h, w, c).permute(0, 4, 1, 2, 3)
+        return HaarInverse.apply(ll, bands, x.shape[-2:])
 
 
 class FWM(nn.Module):
@@ -130,9 +142,4 @@ class FWM(nn.Module):
         self.wavelet = WaveletBranch(dim)
 
     def forward(self, x):
-        return self.with_fourier(x) + self.wavelet(x)
-
-    def with_fourier(self, x):
-        """x + Fourier(x): the part that training recomputes in the backward (the spectra are cheap to
-        recompute and large to keep; the wavelet branch's 3x3 conv is neither)."""
-        return x + self.fourier(x)
+        return x + self.fourier(x) + self.wavelet(x)

@@ -3,6 +3,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from models.selective_scan.image_scan import (
     DIRECTIONS,
@@ -84,7 +85,9 @@ class ImageSSM(nn.Module):
         if not self.fused:
             xs = cross_scan(x)
             return scan_directions(xs, per_direction_matmul(self.x_proj_weight, xs), *ssm, h, w, self.scan_backend)
-        # Row-major projections of all directions at once: one bmm over a view of x, which the scan keeps.
-        weight = self.x_proj_weight.flatten(0, 1).unsqueeze(0)
-        x_dbl = per_direction_matmul(weight, x.reshape(b, 1, d, h * w)).view(b, DIRECTIONS, -1, h * w)
+        # All directions' projections at once, pixel by pixel: (B, H*W, K, R+2N) memory, seen as
+        # (B, K, R+2N, H*W). x comes channels-last from the Mamba block, so this reads a view of it (which
+        # the scan keeps too); the kernel reads both layouts best.
+        pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        x_dbl = F.linear(pixels, self.x_proj_weight.flatten(0, 1)).view(b, h * w, DIRECTIONS, -1).permute(0, 2, 3, 1)
         return image_selective_scan(x, x_dbl, *ssm, backend=self.scan_backend)

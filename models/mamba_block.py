@@ -45,9 +45,10 @@ class MambaLayer(nn.Module):
     """x + MambaBlock(RMSNorm(x)); (B, H, W, d) -> same.
 
     In training with ``fused`` (the default) the same function is computed so that the backward keeps
-    only x, the wavelet conv's input, the FWM's output, the Image-SSM scan's inputs and merged output
-    (and its chunk states), and recomputes the rest from them: the norm, in_proj, the Fourier branch,
-    the depthwise conv and SiLU, the symmetry step, the output norm and the gate.
+    x, the FWM's input and output (and what its branches keep: the two amplitude conv outputs, the
+    wavelet conv's input), the Image-SSM scan's inputs and merged output (and its chunk states), and
+    recomputes the rest: the norm, in_proj, the depthwise conv and SiLU, the symmetry step, the output
+    norm, the gate and out_proj's input.
     """
 
     def __init__(self, dim, **block_kwargs):
@@ -67,17 +68,15 @@ class MambaLayer(nn.Module):
         rows = weight.shape[0] // 2
         return F.linear(self.norm(x), weight[half * rows:(half + 1) * rows])
 
-    def _fourier_part(self, x):
-        inner = self._projection(x, 0).permute(0, 3, 1, 2)
-        return inner, self.block.fwm.with_fourier(inner)
+    def _fwm_input(self, x):
+        return self._projection(x, 0).permute(0, 3, 1, 2)
 
     def _output_part(self, y, x):
         return x + self.block.gate(self.block.ssm.symmetry(y), self._projection(x, 1))
 
     def _forward_recomputing(self, x):
         block = self.block
-        inner, with_fourier = recompute(self._fourier_part, x)
-        scan_input = recompute(block.local_mix, with_fourier + block.fwm.wavelet(inner))
+        scan_input = recompute(block.local_mix, block.fwm(recompute(self._fwm_input, x)))
         return recompute(self._output_part, block.ssm.scan(scan_input), x)
 
 

@@ -39,6 +39,14 @@ def make_inputs(bt, d, h, w, rank, n, dtype=torch.float64, seed=0):
     return [t.to(dtype).requires_grad_() for t in inputs]
 
 
+def as_network_layouts(inputs):
+    """x channels-last and x_dbl pixel-major (memory (Bt, H*W, K, R+2N)), as the network makes them."""
+    x, x_dbl, *parameters = (t.detach() for t in inputs)
+    x = x.contiguous(memory_format=torch.channels_last)
+    x_dbl = x_dbl.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    return [t.requires_grad_() for t in (x, x_dbl, *parameters)]
+
+
 def run(inputs, **kwargs):
     """y and the gradients of <y, fixed random weights> w.r.t. every input."""
     fn = kwargs.pop("fn", image_selective_scan)
@@ -95,12 +103,18 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("layout", ["row-major", "network"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cpp_matches_the_unfused_reference_float64(case):
+def test_cpp_matches_the_unfused_reference_float64(case, layout):
     bt, d, h, w, rank, n, chunk = CASES[case]
     inputs = make_inputs(bt, d, h, w, rank, n, seed=h * w + d)
     want = run(inputs, backend="torch")
-    assert_agree(run(inputs, fn=image_selective_scan_cpp, chunk=chunk), want, 1e-9)
+    if layout == "network":
+        inputs = as_network_layouts(inputs)
+    got = run(inputs, fn=image_selective_scan_cpp, chunk=chunk)
+    assert_agree(got, want, 1e-9)
+    # y and the gradients come in the inputs' layouts (the network's next ops read them without copies).
+    assert [g.stride() for g in got[1:3]] == [t.stride() for t in inputs[:2]] and got[0].stride() == inputs[0].stride()
 
 
 def test_the_unfused_reference_matches_the_sequential_oracle():
@@ -162,12 +176,17 @@ def test_shapes_are_checked_with_a_clear_message():
 
 
 def test_triton_runs_its_fused_kernel_when_it_has_one(monkeypatch):
-    """The dispatcher routes to the triton module's fused entry point, or falls back to the unfused path."""
+    """The dispatcher routes to the triton module's fused entry point (with row-major tensors, the layout
+    its kernels index), or falls back to the unfused path."""
     monkeypatch.delattr(triton_backend, "image_selective_scan_triton", raising=False)
     assert image_scan.fused_implementation("triton") is None
-    sentinel = object()
-    monkeypatch.setattr(triton_backend, "image_selective_scan_triton", sentinel, raising=False)
-    assert image_scan.fused_implementation("triton") is sentinel
+    calls = []
+    monkeypatch.setattr(triton_backend, "image_selective_scan_triton", lambda *args: calls.append(args) or "y",
+                        raising=False)
+    x, x_dbl, *parameters = as_network_layouts(make_inputs(1, 4, 3, 5, rank=2, n=3))
+    assert image_scan.fused_implementation("triton")(x, x_dbl, *parameters) == "y"
+    assert calls[0][0].is_contiguous() and calls[0][1].is_contiguous()
+    assert torch.equal(calls[0][0], x) and torch.equal(calls[0][1], x_dbl) and calls[0][2:] == tuple(parameters)
     assert image_scan.fused_implementation("cpp") is image_selective_scan_cpp
     assert all(image_scan.fused_implementation(name) is None for name in ("torch", "ref", "cuda"))
 

@@ -124,10 +124,10 @@ def _extension():
     return _loaded[0]
 
 
-def _kernel_inputs(first, *others):
-    """Contiguous tensors in the compute dtype of the first (float32 for bf16/fp16 inputs)."""
-    dtype = compute_dtype(first)
-    return [None if x is None else x.to(dtype).contiguous() for x in (first, *others)]
+def _kernel_inputs(u, delta, A, B, C, D, delta_bias):
+    """Contiguous tensors in the compute dtype (float32 for bf16/fp16 inputs)."""
+    dtype = compute_dtype(u)
+    return [None if x is None else x.to(dtype).contiguous() for x in (u, delta, A, B, C, D, delta_bias)]
 
 
 class _CompiledScan(torch.autograd.Function):
@@ -165,10 +165,24 @@ def selective_scan_cpp(u, delta, A, B, C, D=None, delta_bias=None, delta_softplu
     return y.to(u.dtype)
 
 
+def _image_inputs(x, x_dbl, *parameters):
+    """The image scan's tensors in the compute dtype: x contiguous or channels-last, x_dbl row-major or
+    pixel-major (kept as they come when they are: the kernel reads either), the parameters contiguous."""
+    dtype = compute_dtype(x)
+    x = x.to(dtype)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)) or \
+            x.stride(2) != x.shape[3] * x.stride(3):
+        x = x.contiguous()
+    x_dbl = x_dbl.to(dtype)
+    if not (x_dbl.is_contiguous() or x_dbl.permute(0, 3, 1, 2).is_contiguous()):
+        x_dbl = x_dbl.contiguous()
+    return [x, x_dbl] + [t.to(dtype).contiguous() for t in parameters]
+
+
 class _CompiledImageScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, chunk):
-        y, checkpoints = _extension().image_forward(*_kernel_inputs(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D),
+        y, checkpoints = _extension().image_forward(*_image_inputs(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D),
                                                     chunk, True)
         # The inputs as given (bf16 under autocast: half the bytes), converted again in the backward.
         ctx.save_for_backward(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, checkpoints)
@@ -178,8 +192,11 @@ class _CompiledImageScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         *inputs, checkpoints = ctx.saved_tensors
-        grads = _extension().image_backward(*_kernel_inputs(*inputs), ctx.chunk, checkpoints,
-                                            grad_y.to(checkpoints.dtype).contiguous())
+        tensors = _image_inputs(*inputs)
+        grad_y = grad_y.to(checkpoints.dtype)
+        if grad_y.stride() != tensors[0].stride():  # the kernel reads it in x's layout
+            grad_y = torch.empty_like(tensors[0]).copy_(grad_y)
+        grads = _extension().image_backward(*tensors, ctx.chunk, checkpoints, grad_y)
         grads = [g.to(x.dtype) if needed else None for g, x, needed in zip(grads, inputs, ctx.needs_input_grad)]
         return (*grads, None)
 
@@ -187,13 +204,14 @@ class _CompiledImageScan(torch.autograd.Function):
 def image_selective_scan_cpp(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, chunk=CHUNK):
     """The fused Image-SSM scan (layout in models/selective_scan/image_scan.py) on CPU tensors.
 
-    Computes in float64 for float64 x, else float32, and returns y (Bt, Dn, H, W) in that dtype. Without
-    autograd it saves no states.
+    Computes in float64 for float64 x, else float32, and returns y (Bt, Dn, H, W) in that dtype, in x's
+    memory format (channels-last x, the network's, gives channels-last y; x_dbl may be pixel-major, a
+    permuted (Bt, H*W, K, R+2N) tensor, which the kernel reads best). Without autograd it saves no states.
     """
     tensors = (x, x_dbl, dt_proj_weight, dt_proj_bias, A, D)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _CompiledImageScan.apply(*tensors, chunk)
-    return _extension().image_forward(*_kernel_inputs(*tensors), chunk, False)[0]
+    return _extension().image_forward(*_image_inputs(*tensors), chunk, False)[0]
 
 
 def vector_exp(x):

@@ -73,13 +73,64 @@ template <typename T> inline Vec<T> load(const T* p) {
   return v;
 }
 
-template <typename T> inline T lane_sum(Vec<T> v) {
-  T total = 0;
-  for (int i = 0; i < kLanes<T>; ++i) total += v[i];
-  return total;
+// Two-input lane shuffle with constant indices (GCC and Clang spell it differently).
+#if defined(__clang__)
+#define SHUFFLE(I, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(I, a, b, ...) __builtin_shuffle(a, b, I{__VA_ARGS__})
+#endif
+
+// The lane sums of v[0..lanes) as one vector (lane i: the sum of v[i]'s lanes), added pairwise in a
+// fixed tree: a handful of shuffles instead of a chain of scalar additions per vector.
+inline Vec<float> transposed_sums(const Vec<float>* v) {
+  using I = Simd<float>::I;
+  // pairs(a, b) = (a0+a1, b0+b1, a2+a3, b2+b3, a4+a5, b4+b5, a6+a7, b6+b7)
+  const auto pairs = [](Vec<float> a, Vec<float> b) {
+    return SHUFFLE(I, a, b, 0, 8, 2, 10, 4, 12, 6, 14) + SHUFFLE(I, a, b, 1, 9, 3, 11, 5, 13, 7, 15);
+  };
+  // quads(pairs(v0, v1), pairs(v2, v3)) = (v0[0:4], v1[0:4], v2[0:4], v3[0:4], v0[4:8], ..., v3[4:8])
+  const auto quads = [](Vec<float> a, Vec<float> b) {
+    return SHUFFLE(I, a, b, 0, 1, 8, 9, 4, 5, 12, 13) + SHUFFLE(I, a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+  };
+  const Vec<float> low = quads(pairs(v[0], v[1]), pairs(v[2], v[3]));
+  const Vec<float> high = quads(pairs(v[4], v[5]), pairs(v[6], v[7]));
+  return SHUFFLE(I, low, high, 0, 1, 2, 3, 8, 9, 10, 11) + SHUFFLE(I, low, high, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-// exp(x) to about one ulp; NaN stays NaN.
+inline Vec<double> transposed_sums(const Vec<double>* v) {
+  using I = Simd<double>::I;
+  const auto pairs = [](Vec<double> a, Vec<double> b) {  // (a0+a1, b0+b1, a2+a3, b2+b3)
+    return SHUFFLE(I, a, b, 0, 4, 2, 6) + SHUFFLE(I, a, b, 1, 5, 3, 7);
+  };
+  const Vec<double> low = pairs(v[0], v[1]), high = pairs(v[2], v[3]);
+  return SHUFFLE(I, low, high, 0, 1, 4, 5) + SHUFFLE(I, low, high, 2, 3, 6, 7);
+}
+
+// For o < outer, i < inner: add(o, i, the sum of the lanes of make(o, i)), kLanes sums at a time.
+template <typename T, typename Make, typename Add>
+inline void lane_sums(int64_t outer, int64_t inner, Make&& make, Add&& add) {
+  constexpr int lanes = kLanes<T>;
+  Vec<T> v[lanes];
+  int64_t os[lanes], is[lanes];
+  int64_t o = 0, i = 0;
+  for (int64_t j = 0; j < outer * inner; j += lanes) {
+    int m = 0;
+    for (; m < lanes && o < outer; ++m) {
+      os[m] = o;
+      is[m] = i;
+      v[m] = make(o, i);
+      if (++i == inner) {
+        i = 0;
+        ++o;
+      }
+    }
+    for (int k = m; k < lanes; ++k) v[k] = splat<T>(T(0));
+    const Vec<T> sums = transposed_sums(v);
+    for (int k = 0; k < m; ++k) add(os[k], is[k], sums[k]);
+  }
+}
+
+// exp(x) to about one ulp.
 template <typename T> inline Vec<T> vexp(Vec<T> x) {
   using S = Simd<T>;
   using I = typename S::I;
@@ -94,8 +145,7 @@ template <typename T> inline Vec<T> vexp(Vec<T> x) {
   Vec<T> p = splat<T>(inverse_factorial[S::kExpDegree]);
   for (int i = S::kExpDegree - 1; i >= 0; --i) p = p * r + inverse_factorial[i];
   const I scale_bits = (((I)shifted - S::kMagicBits) + S::kBias) << S::kMantissaBits;
-  const Vec<T> result = p * (Vec<T>)scale_bits;
-  return x != x ? x : result;
+  return p * (Vec<T>)scale_bits;  // NaN stays NaN: the clamps keep it, and NaN times anything is NaN
 }
 
 // log1p(z) for z in [0, 1]: w = 1 + z = 2^e m with m in [1/sqrt2, sqrt2], log m by the atanh series,
@@ -163,34 +213,49 @@ template <typename F> void for_each_block(const Sizes& s, int lanes, F&& fn) {
   });
 }
 
-// The block's (valid, L)-strided rows at positions pos[0..len) -> tile (len, lanes); missing lanes get `fill`.
+// A (channel, position) view: element (c, p) at data[c * c_stride + p * p_stride].
+template <typename P> struct Plane {
+  P* data;
+  int64_t c_stride, p_stride;
+  P* at(int64_t c, int64_t p) const { return data + c * c_stride + p * p_stride; }
+};
+
+// The block's channels at positions pos[0..len) -> tile (len, lanes); missing lanes get `fill`.
+// Channels next to each other in memory (channels-last) load as one vector.
 template <typename T>
-void gather_tile(const T* rows, int64_t length, const Block& blk, const int64_t* pos, int64_t len, T fill,
-                 Vec<T>* tile) {
-  T* out = reinterpret_cast<T*>(tile);
+void gather_tile(Plane<const T> src, const Block& blk, const int64_t* pos, int64_t len, T fill, Vec<T>* tile) {
   constexpr int lanes = kLanes<T>;
+  if (src.c_stride == 1 && blk.valid == lanes) {
+    for (int64_t t = 0; t < len; ++t) tile[t] = load<T>(src.at(blk.c0, pos[t]));
+    return;
+  }
+  T* out = reinterpret_cast<T*>(tile);
   for (int64_t w = 0; w < lanes; ++w) {
     if (w < blk.valid) {
-      const T* row = rows + (blk.c0 + w) * length;
-      for (int64_t t = 0; t < len; ++t) out[t * lanes + w] = row[pos[t]];
+      for (int64_t t = 0; t < len; ++t) out[t * lanes + w] = *src.at(blk.c0 + w, pos[t]);
     } else {
       for (int64_t t = 0; t < len; ++t) out[t * lanes + w] = fill;
     }
   }
 }
 
-// Tile (len, lanes) -> the block's rows at positions pos[0..len): stored, or added to what is there.
+// Tile (len, lanes) -> the block's channels at positions pos[0..len): stored, or added to what is there.
 template <typename T>
-void scatter_tile(const Vec<T>* tile, const Block& blk, const int64_t* pos, int64_t len, int64_t length, T* rows,
-                  bool add) {
-  const T* in = reinterpret_cast<const T*>(tile);
+void scatter_tile(const Vec<T>* tile, const Block& blk, const int64_t* pos, int64_t len, Plane<T> dst, bool add) {
   constexpr int lanes = kLanes<T>;
+  if (dst.c_stride == 1 && blk.valid == lanes) {
+    for (int64_t t = 0; t < len; ++t) {
+      T* p = dst.at(blk.c0, pos[t]);
+      const Vec<T> v = add ? load<T>(p) + tile[t] : tile[t];
+      std::memcpy(p, &v, sizeof v);
+    }
+    return;
+  }
+  const T* in = reinterpret_cast<const T*>(tile);
   for (int64_t w = 0; w < blk.valid; ++w) {
-    T* row = rows + (blk.c0 + w) * length;
-    if (add) {
-      for (int64_t t = 0; t < len; ++t) row[pos[t]] += in[t * lanes + w];
-    } else {
-      for (int64_t t = 0; t < len; ++t) row[pos[t]] = in[t * lanes + w];
+    for (int64_t t = 0; t < len; ++t) {
+      T* p = dst.at(blk.c0 + w, pos[t]);
+      *p = add ? *p + in[t * lanes + w] : in[t * lanes + w];
     }
   }
 }
@@ -252,11 +317,12 @@ template <typename T> struct BlockAdjoint {
 // Work buffers of one chunk of a block's backward.
 template <typename T> struct ChunkBuffers {
   std::vector<Vec<T>> dt, sig, uu, gy, gu, gdelta;  // (T)
-  // h_{t-1} for the chunk's steps and the final state (T+1, N); exp(dt_t A) (T, N).
-  std::vector<Vec<T>> h_prev, decay, grad_a_chunk;
+  // h_{t-1} for the chunk's steps and the final state (T+1, N); exp(dt_t A) (T, N); a step's B
+  // gradient per lane, before its lane sums (N).
+  std::vector<Vec<T>> h_prev, decay, grad_b, grad_a_chunk;
   ChunkBuffers(int64_t chunk, int64_t N)
       : dt(chunk), sig(chunk), uu(chunk), gy(chunk), gu(chunk), gdelta(chunk), h_prev((chunk + 1) * N),
-        decay(chunk * N), grad_a_chunk(N) {}
+        decay(chunk * N), grad_b(N), grad_a_chunk(N) {}
 };
 
 // The backward through one chunk: recomputes its states from `saved` (the state entering it), then
@@ -285,8 +351,7 @@ void chunk_backward(const BlockParams<T>& par, int64_t N, int64_t len, bool soft
     Vec<T> grad_dtu = splat<T>(T(0)), grad_dt = splat<T>(T(0));
     for (int64_t n = 0; n < N; ++n) {
       const Vec<T> lambda = buf.gy[t] * Cs(n, t) + adj.carry[n];
-      gC(n, t) += lane_sum<T>(buf.gy[t] * buf.h_prev[(t + 1) * N + n]);
-      gB(n, t) += lane_sum<T>(lambda * dtu);
+      buf.grad_b[n] = lambda * dtu;
       grad_dtu += lambda * Bs(n, t);
       adj.carry[n] = lambda * buf.decay[t * N + n];
       // d loss / d(dt_t A_n) = lambda_t exp(dt_t A_n) h_{t-1}
@@ -294,6 +359,11 @@ void chunk_backward(const BlockParams<T>& par, int64_t N, int64_t len, bool soft
       grad_dt += q * par.a[n];
       buf.grad_a_chunk[n] += q * buf.dt[t];
     }
+    // d/dB_t and d/dC_t are sums over the block's channels: of lambda_t dt_t u_t and of gy_t h_t.
+    lane_sums<T>(1, N, [&](int64_t, int64_t n) { return buf.grad_b[n]; },
+                 [&](int64_t, int64_t n, T sum) { gB(n, t) += sum; });
+    lane_sums<T>(1, N, [&](int64_t, int64_t n) { return buf.gy[t] * buf.h_prev[(t + 1) * N + n]; },
+                 [&](int64_t, int64_t n, T sum) { gC(n, t) += sum; });
     buf.gu[t] = grad_dtu * buf.dt[t] + par.d * buf.gy[t];
     grad_dt += grad_dtu * buf.uu[t];
     buf.gdelta[t] = softplus ? grad_dt * buf.sig[t] : grad_dt;
@@ -333,12 +403,12 @@ void forward_impl(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
       const int64_t t0 = j * s.chunk, len = std::min(s.chunk, L - t0);
       consecutive(t0, len, pos.data());
       if (saved) std::memcpy(saved + j * N * lanes, h.data(), N * sizeof(Vec<T>));
-      gather_tile<T>(delta_p + rows, L, blk, pos.data(), len, T(0), dt.data());
-      gather_tile<T>(u_p + rows, L, blk, pos.data(), len, T(0), uu.data());
+      gather_tile<T>({delta_p + rows, L, 1}, blk, pos.data(), len, T(0), dt.data());
+      gather_tile<T>({u_p + rows, L, 1}, blk, pos.data(), len, T(0), uu.data());
       step_sizes<T>(dt.data(), nullptr, len, par.bias, softplus);
       chunk_forward<T>(par, N, len, dt.data(), uu.data(), Rows<const T>{Bg + t0, L}, Rows<const T>{Cg + t0, L},
                        h.data(), out.data());
-      scatter_tile<T>(out.data(), blk, pos.data(), len, L, y_p + rows, false);
+      scatter_tile<T>(out.data(), blk, pos.data(), len, {y_p + rows, L, 1}, false);
     }
   });
 }
@@ -368,14 +438,14 @@ void backward_impl(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
     for (int64_t j = s.chunks - 1; j >= 0; --j) {
       const int64_t t0 = j * s.chunk, len = std::min(s.chunk, L - t0);
       consecutive(t0, len, pos.data());
-      gather_tile<T>(delta_p + rows, L, blk, pos.data(), len, T(0), buf.dt.data());
-      gather_tile<T>(u_p + rows, L, blk, pos.data(), len, T(0), buf.uu.data());
-      gather_tile<T>(gy_p + rows, L, blk, pos.data(), len, T(0), buf.gy.data());
+      gather_tile<T>({delta_p + rows, L, 1}, blk, pos.data(), len, T(0), buf.dt.data());
+      gather_tile<T>({u_p + rows, L, 1}, blk, pos.data(), len, T(0), buf.uu.data());
+      gather_tile<T>({gy_p + rows, L, 1}, blk, pos.data(), len, T(0), buf.gy.data());
       step_sizes<T>(buf.dt.data(), buf.sig.data(), len, par.bias, softplus);
       chunk_backward<T>(par, N, len, softplus, saved + j * N * lanes, Rows<const T>{Bg + t0, L},
                         Rows<const T>{Cg + t0, L}, Rows<T>{gB + t0, L}, Rows<T>{gC + t0, L}, buf, adj);
-      scatter_tile<T>(buf.gu.data(), blk, pos.data(), len, L, gu_p + rows, false);
-      scatter_tile<T>(buf.gdelta.data(), blk, pos.data(), len, L, gdelta_p + rows, false);
+      scatter_tile<T>(buf.gu.data(), blk, pos.data(), len, {gu_p + rows, L, 1}, false);
+      scatter_tile<T>(buf.gdelta.data(), blk, pos.data(), len, {gdelta_p + rows, L, 1}, false);
     }
     // Per (batch, channel) partials, summed over the batch afterwards.
     for (int64_t w = 0; w < blk.valid; ++w) {
@@ -390,8 +460,10 @@ void backward_impl(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
 // ---- the fused Image-SSM scan ----
 
 constexpr int kDirections = 4;
-// Items per image at most: parallel work at batch 1, and a bound on the per-item partial gradients.
-constexpr int64_t kImageItems = 16;
+// Items of a call (at least; fewer when an image has fewer blocks): enough parallel work for a few
+// cores at any batch, while an item holds as many blocks as it can, because each item gathers the
+// x_proj rows of every chunk and writes its own partial x_dbl gradient (the size of x_dbl).
+constexpr int64_t kParallelItems = 8;
 
 // The pixel (row-major index h * W + w) that direction k visits at step t of an H x W map.
 inline int64_t pixel_at(int k, int64_t t, int64_t height, int64_t width) {
@@ -399,15 +471,30 @@ inline int64_t pixel_at(int k, int64_t t, int64_t height, int64_t width) {
   return k % 2 == 0 ? s : s % height * width + s / height;  // odd k: column-major
 }
 
+// Sizes, and the memory layouts: x (and y, grad y, grad x) by (image, channel, pixel) strides, x_dbl
+// (and its gradient) by (image, direction, row, pixel) strides; an image's part of x_dbl is one dense run.
 struct ImageSizes {
   int64_t batch, channels, height, width, length, rank, states, chunk, chunks;
   int64_t blocks, blocks_per_item, items_per_image;
+  int64_t x_image, x_channel, x_pixel, d_image, d_direction, d_row, d_pixel;
   int64_t rows() const { return rank + 2 * states; }  // x_proj rows of a direction: dt, B, C
   int64_t items() const { return batch * items_per_image; }
+  template <typename P> Plane<P> image(P* base, int64_t b) const { return {base + b * x_image, x_channel, x_pixel}; }
+  template <typename P> Plane<P> direction(P* x_dbl, int64_t b, int k) const {  // rows as "channels"
+    return {x_dbl + b * d_image + k * d_direction, d_row, d_pixel};
+  }
 };
 
-ImageSizes image_sizes_of(const at::Tensor& x, const at::Tensor& dt_w, int64_t states, int64_t chunk, int lanes) {
+ImageSizes image_sizes_of(const at::Tensor& x, const at::Tensor& x_dbl, const at::Tensor& dt_w, int64_t states,
+                          int64_t chunk, int lanes) {
   ImageSizes s;
+  s.x_image = x.stride(0);
+  s.x_channel = x.stride(1);
+  s.x_pixel = x.stride(3);
+  s.d_image = x_dbl.stride(0);
+  s.d_direction = x_dbl.stride(1);
+  s.d_row = x_dbl.stride(2);
+  s.d_pixel = x_dbl.stride(3);
   s.batch = x.size(0);
   s.channels = x.size(1);
   s.height = x.size(2);
@@ -418,7 +505,8 @@ ImageSizes image_sizes_of(const at::Tensor& x, const at::Tensor& dt_w, int64_t s
   s.chunk = chunk;
   s.chunks = (s.length + chunk - 1) / chunk;
   s.blocks = (s.channels + lanes - 1) / lanes;
-  s.blocks_per_item = (s.blocks + kImageItems - 1) / kImageItems;
+  const int64_t items_wanted = (kParallelItems + s.batch - 1) / s.batch;
+  s.blocks_per_item = (s.blocks + items_wanted - 1) / items_wanted;
   s.items_per_image = (s.blocks + s.blocks_per_item - 1) / s.blocks_per_item;
   return s;
 }
@@ -452,13 +540,19 @@ template <typename T> struct DirectionParams {
   }
 };
 
-// Direction k's pixels for the chunk's steps, and its dt, B and C rows there as a (rows, chunk) tile.
+// Direction k's pixels for the chunk's steps, and its dt, B and C rows there as a (rows, chunk) tile;
+// starts fetching the rows of the chunk at step `next` (the column-major orders jump W pixels a step).
 template <typename T>
-void gather_chunk(const T* x_dbl_k, const ImageSizes& s, int k, int64_t t0, int64_t len, int64_t* pixels, T* coef) {
-  for (int64_t t = 0; t < len; ++t) pixels[t] = pixel_at(k, t0 + t, s.height, s.width);
-  for (int64_t r = 0; r < s.rows(); ++r) {
-    const T* row = x_dbl_k + r * s.length;
-    for (int64_t t = 0; t < len; ++t) coef[r * s.chunk + t] = row[pixels[t]];
+void gather_chunk(Plane<const T> rows, const ImageSizes& s, int k, int64_t t0, int64_t len, int64_t next,
+                  int64_t* pixels, T* coef) {
+  for (int64_t t = 0; t < len; ++t) {
+    pixels[t] = pixel_at(k, t0 + t, s.height, s.width);
+    for (int64_t r = 0; r < s.rows(); ++r) coef[r * s.chunk + t] = *rows.at(r, pixels[t]);
+  }
+  for (int64_t t = next; t >= 0 && t < std::min(next + s.chunk, s.length); ++t) {
+    const int64_t pixel = pixel_at(k, t, s.height, s.width);
+    __builtin_prefetch(rows.at(0, pixel));
+    __builtin_prefetch(rows.at(s.rows() - 1, pixel));
   }
 }
 
@@ -476,22 +570,22 @@ template <typename T>
 void image_forward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_b, const T* A, const T* D,
                         const ImageSizes& s, T* y, T* checkpoints) {
   constexpr int lanes = kLanes<T>;
-  const int64_t L = s.length, N = s.states, R = s.rank, TC = s.chunk;
+  const int64_t N = s.states, R = s.rank, TC = s.chunk;
   at::parallel_for(0, s.items(), 1, [&](int64_t begin, int64_t end) {
     std::vector<Vec<T>> dt(TC), uu(TC), out(TC);
     std::vector<T> coef(s.rows() * TC);
     std::vector<int64_t> pixels(TC);
     for (int64_t item = begin; item < end; ++item) {
       const ImageItem it(s, item);
-      const T* x_b = x + it.b * s.channels * L;
-      T* y_b = y + it.b * s.channels * L;
+      const Plane<const T> x_b = s.image(x, it.b);
+      const Plane<T> y_b = s.image(y, it.b);
       std::vector<Vec<T>> h((it.last - it.first) * N);
       for (int k = 0; k < kDirections; ++k) {
         const DirectionParams<T> dir(it, k, s, dt_w, dt_b, A, D);
         std::fill(h.begin(), h.end(), splat<T>(T(0)));
         for (int64_t j = 0; j < s.chunks; ++j) {
-          const int64_t t0 = j * TC, len = std::min(TC, L - t0);
-          gather_chunk<T>(x_dbl + (it.b * kDirections + k) * s.rows() * L, s, k, t0, len, pixels.data(), coef.data());
+          const int64_t t0 = j * TC, len = std::min(TC, s.length - t0);
+          gather_chunk<T>(s.direction(x_dbl, it.b, k), s, k, t0, len, t0 + TC, pixels.data(), coef.data());
           for (int64_t blk = it.first; blk < it.last; ++blk) {
             const int64_t i = blk - it.first;
             const Block bl = it.block(blk, k, lanes, s.channels);
@@ -499,13 +593,13 @@ void image_forward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_b
             if (checkpoints)
               std::memcpy(checkpoints + (((it.b * s.blocks + blk) * kDirections + k) * s.chunks + j) * N * lanes, h_blk,
                           N * sizeof(Vec<T>));
-            gather_tile<T>(x_b, L, bl, pixels.data(), len, T(0), uu.data());
+            gather_tile<T>(x_b, bl, pixels.data(), len, T(0), uu.data());
             project_steps<T>(&dir.weight[i * R], coef.data(), s, len, dt.data());
             step_sizes<T>(dt.data(), nullptr, len, dir.par[i].bias, true);
             chunk_forward<T>(dir.par[i], N, len, dt.data(), uu.data(), Rows<const T>{coef.data() + R * TC, TC},
                              Rows<const T>{coef.data() + (R + N) * TC, TC}, h_blk, out.data());
             // The merge: direction 0 writes the item's channels of y, the others add to them.
-            scatter_tile<T>(out.data(), bl, pixels.data(), len, L, y_b, k > 0);
+            scatter_tile<T>(out.data(), bl, pixels.data(), len, y_b, k > 0);
           }
         }
       }
@@ -513,14 +607,15 @@ void image_forward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_b
   });
 }
 
-// grad_x: (Bt, Dn, L); parts_x_dbl: (items, K, rows, L) per-item partial x_dbl gradients; parts_weight
-// (Bt, K*Dn, R), parts_A (Bt, K*Dn, N), parts_D and parts_bias (Bt, K*Dn): per-image partials.
+// grad_x: x's layout; parts_x_dbl: (items, one image's part of x_dbl in its layout), the per-item
+// partial x_dbl gradients; parts_weight (Bt, K*Dn, R), parts_A (Bt, K*Dn, N), parts_D and parts_bias
+// (Bt, K*Dn): per-image partials.
 template <typename T>
 void image_backward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_b, const T* A, const T* D,
                          const ImageSizes& s, const T* checkpoints, const T* grad_y, T* grad_x, T* parts_x_dbl,
                          T* parts_weight, T* parts_A, T* parts_D, T* parts_bias) {
   constexpr int lanes = kLanes<T>;
-  const int64_t L = s.length, N = s.states, R = s.rank, TC = s.chunk, KD = kDirections * s.channels;
+  const int64_t N = s.states, R = s.rank, TC = s.chunk, KD = kDirections * s.channels;
   at::parallel_for(0, s.items(), 1, [&](int64_t begin, int64_t end) {
     ChunkBuffers<T> buf(TC, N);
     std::vector<T> coef(s.rows() * TC), grad_coef(s.rows() * TC);
@@ -529,26 +624,25 @@ void image_backward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_
     for (int64_t item = begin; item < end; ++item) {
       const ImageItem it(s, item);
       const int64_t blocks = it.last - it.first;
-      const T* x_b = x + it.b * s.channels * L;
-      const T* gy_b = grad_y + it.b * s.channels * L;
-      T* gx_b = grad_x + it.b * s.channels * L;
+      const Plane<const T> x_b = s.image(x, it.b), gy_b = s.image(grad_y, it.b);
+      const Plane<T> gx_b = s.image(grad_x, it.b);
       for (int k = 0; k < kDirections; ++k) {
         const DirectionParams<T> dir(it, k, s, dt_w, dt_b, A, D);
         std::vector<BlockAdjoint<T>> adj(blocks, BlockAdjoint<T>(N));
         std::vector<Vec<T>> grad_weight(blocks * R, splat<T>(T(0)));
-        const T* x_dbl_k = x_dbl + (it.b * kDirections + k) * s.rows() * L;
-        T* parts_k = parts_x_dbl + (item * kDirections + k) * s.rows() * L;
+        // This item's partial: laid out like one image of x_dbl.
+        const Plane<T> parts_k = s.direction(parts_x_dbl + item * s.d_image, 0, k);
         for (int64_t j = s.chunks - 1; j >= 0; --j) {
-          const int64_t t0 = j * TC, len = std::min(TC, L - t0);
-          gather_chunk<T>(x_dbl_k, s, k, t0, len, pixels.data(), coef.data());
+          const int64_t t0 = j * TC, len = std::min(TC, s.length - t0);
+          gather_chunk<T>(s.direction(x_dbl, it.b, k), s, k, t0, len, t0 - TC, pixels.data(), coef.data());
           std::fill(grad_coef.begin(), grad_coef.end(), T(0));
           const Rows<T> grad_B{grad_coef.data() + R * TC, TC}, grad_C{grad_coef.data() + (R + N) * TC, TC};
           for (int64_t blk = it.first; blk < it.last; ++blk) {
             const int64_t i = blk - it.first;
             const Block bl = it.block(blk, k, lanes, s.channels);
             const Vec<T>* weight = &dir.weight[i * R];
-            gather_tile<T>(x_b, L, bl, pixels.data(), len, T(0), buf.uu.data());
-            gather_tile<T>(gy_b, L, bl, pixels.data(), len, T(0), buf.gy.data());
+            gather_tile<T>(x_b, bl, pixels.data(), len, T(0), buf.uu.data());
+            gather_tile<T>(gy_b, bl, pixels.data(), len, T(0), buf.gy.data());
             project_steps<T>(weight, coef.data(), s, len, buf.dt.data());
             step_sizes<T>(buf.dt.data(), buf.sig.data(), len, dir.par[i].bias, true);
             const T* saved = checkpoints + (((it.b * s.blocks + blk) * kDirections + k) * s.chunks + j) * N * lanes;
@@ -556,17 +650,15 @@ void image_backward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_
                               Rows<const T>{coef.data() + (R + N) * TC, TC}, grad_B, grad_C, buf, adj[i]);
             // Through delta = dt_proj weight . dt rows + bias: to the dt rows and to the weight.
             std::fill(grad_weight_chunk.begin(), grad_weight_chunk.end(), splat<T>(T(0)));
-            for (int64_t t = 0; t < len; ++t) {
-              for (int64_t r = 0; r < R; ++r) {
-                grad_coef[r * TC + t] += lane_sum<T>(weight[r] * buf.gdelta[t]);
-                grad_weight_chunk[r] += buf.gdelta[t] * coef[r * TC + t];
-              }
-            }
+            for (int64_t t = 0; t < len; ++t)
+              for (int64_t r = 0; r < R; ++r) grad_weight_chunk[r] += buf.gdelta[t] * coef[r * TC + t];
+            lane_sums<T>(len, R, [&](int64_t t, int64_t r) { return weight[r] * buf.gdelta[t]; },
+                         [&](int64_t t, int64_t r, T sum) { grad_coef[r * TC + t] += sum; });
             for (int64_t r = 0; r < R; ++r) grad_weight[i * R + r] += grad_weight_chunk[r];
-            scatter_tile<T>(buf.gu.data(), bl, pixels.data(), len, L, gx_b, k > 0);
+            scatter_tile<T>(buf.gu.data(), bl, pixels.data(), len, gx_b, k > 0);
           }
-          for (int64_t r = 0; r < s.rows(); ++r)
-            for (int64_t t = 0; t < len; ++t) parts_k[r * L + pixels[t]] = grad_coef[r * TC + t];
+          for (int64_t t = 0; t < len; ++t)
+            for (int64_t r = 0; r < s.rows(); ++r) *parts_k.at(r, pixels[t]) = grad_coef[r * TC + t];
         }
         for (int64_t blk = it.first; blk < it.last; ++blk) {
           const int64_t i = blk - it.first;
@@ -674,12 +766,21 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& del
   return {grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias};
 }
 
+// x: its pixels flatten (H stride = W * W stride), dense (contiguous or channels-last); x_dbl: an image's
+// part one dense run (row-major or pixel-major); the parameters contiguous.
 void check_image_inputs(const at::Tensor& x, const at::Tensor& x_dbl, const at::Tensor& dt_w, const at::Tensor& dt_b,
                         const at::Tensor& A, const at::Tensor& D) {
   for (const at::Tensor* t : {&x, &x_dbl, &dt_w, &dt_b, &A, &D}) {
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type(),
-                "image selective scan (cpp): inputs must be contiguous CPU tensors of one dtype");
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type(),
+                "image selective scan (cpp): inputs must be CPU tensors of one dtype");
   }
+  for (const at::Tensor* t : {&dt_w, &dt_b, &A, &D})
+    TORCH_CHECK(t->is_contiguous(), "image selective scan (cpp): parameters must be contiguous");
+  TORCH_CHECK(x.dim() == 4 && (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) &&
+                  x.stride(2) == x.size(3) * x.stride(3),
+              "image selective scan (cpp): x must be contiguous or channels-last");
+  TORCH_CHECK(x_dbl.dim() == 4 && (x_dbl.is_contiguous() || x_dbl.permute({0, 3, 1, 2}).is_contiguous()),
+              "image selective scan (cpp): x_dbl must be row-major (contiguous) or pixel-major");
   TORCH_CHECK(x.dim() == 4 && dt_w.dim() == 3 && dt_w.size(0) == kDirections && dt_w.size(1) == x.size(1) &&
                   dt_b.dim() == 2 && dt_b.size(0) == kDirections && dt_b.size(1) == x.size(1) && A.dim() == 2 &&
                   A.size(0) == kDirections * x.size(1) && D.dim() == 1 && D.size(0) == A.size(0) && x_dbl.dim() == 4 &&
@@ -698,7 +799,7 @@ std::vector<at::Tensor> image_scan_forward(const at::Tensor& x, const at::Tensor
   at::Tensor checkpoints;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_selective_scan_cpp_forward", [&] {
     using T = scalar_t;
-    const ImageSizes s = image_sizes_of(x, dt_w, A.size(1), chunk, kLanes<T>);
+    const ImageSizes s = image_sizes_of(x, x_dbl, dt_w, A.size(1), chunk, kLanes<T>);
     if (save_checkpoints)
       checkpoints = at::empty({s.batch, s.blocks, kDirections, s.chunks, s.states, kLanes<T>}, x.options());
     image_forward_impl<T>(x.data_ptr<T>(), x_dbl.data_ptr<T>(), dt_w.data_ptr<T>(), dt_b.data_ptr<T>(),
@@ -713,16 +814,16 @@ std::vector<at::Tensor> image_scan_backward(const at::Tensor& x, const at::Tenso
                                             const at::Tensor& dt_b, const at::Tensor& A, const at::Tensor& D,
                                             int64_t chunk, const at::Tensor& checkpoints, const at::Tensor& grad_y) {
   check_image_inputs(x, x_dbl, dt_w, dt_b, A, D);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.is_contiguous() && grad_y.scalar_type() == x.scalar_type(),
-              "image selective scan (cpp): grad_y must be contiguous like x");
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.strides() == x.strides() && grad_y.scalar_type() == x.scalar_type(),
+              "image selective scan (cpp): grad_y must be laid out like x");
   at::Tensor grad_x = at::empty_like(x), grad_x_dbl = at::empty_like(x_dbl), grad_w = at::empty_like(dt_w);
   at::Tensor grad_b = at::empty_like(dt_b), grad_A = at::empty_like(A), grad_D = at::empty_like(D);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_selective_scan_cpp_backward", [&] {
     using T = scalar_t;
-    const ImageSizes s = image_sizes_of(x, dt_w, A.size(1), chunk, kLanes<T>);
+    const ImageSizes s = image_sizes_of(x, x_dbl, dt_w, A.size(1), chunk, kLanes<T>);
     TORCH_CHECK(checkpoints.numel() == s.batch * s.blocks * kDirections * s.chunks * s.states * kLanes<T>,
                 "image selective scan (cpp): checkpoints do not match the inputs");
-    const int64_t KD = kDirections * s.channels, part = kDirections * s.rows() * s.length;
+    const int64_t KD = kDirections * s.channels, part = s.d_image;
     // Every element of the partials is written: no zeros needed.
     at::Tensor parts_x_dbl = at::empty({s.items(), part}, x.options());
     at::Tensor parts_w = at::empty({s.batch, KD * s.rank}, x.options());

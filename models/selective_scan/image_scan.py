@@ -2,7 +2,7 @@
 
 ``image_selective_scan(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, backend="auto")``:
 x (Bt, Dn, H, W), pixels p = h*W + w; x_dbl (Bt, K=4, R+2N, H*W): the x_proj projections of direction k
-at each pixel in row-major pixel order, rows [0, R) dt, [R, R+N) B, [R+N, R+2N) C; dt_proj_weight
+at each pixel p (in memory row-major, or pixel-major as the network makes it), rows [0, R) dt, [R, R+N) B, [R+N, R+2N) C; dt_proj_weight
 (K, Dn, R); dt_proj_bias (K, Dn); A (K*Dn, N) (already -exp(A_log)); D (K*Dn,). Direction k visits the
 pixels in the order k=0 row-major, k=1 column-major, k=2 and k=3 the reverse of k=0 and k=1. Per
 direction: delta = softplus(dt_proj_weight[k] @ dt + bias[k]), then the selective scan of x's pixels in
@@ -70,7 +70,7 @@ def image_selective_scan_unfused(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, b
     grouped ``selective_scan`` with ``backend``, the four outputs merged."""
     b, _, h, w = x.shape
     rows = x_dbl.shape[2]
-    ordered = torch.stack([scan_order(x_dbl[:, k].view(b, rows, h, w), k) for k in range(DIRECTIONS)], dim=1)
+    ordered = torch.stack([scan_order(x_dbl[:, k].reshape(b, rows, h, w), k) for k in range(DIRECTIONS)], dim=1)
     return scan_directions(cross_scan(x), ordered, dt_proj_weight, dt_proj_bias, A, D, h, w, backend)
 
 
@@ -95,7 +95,9 @@ def fused_implementation(backend):
     if backend == "cpp":
         return cpu_kernel.image_selective_scan_cpp
     if backend == "triton":
-        return getattr(triton_backend, "image_selective_scan_triton", None)
+        fused = getattr(triton_backend, "image_selective_scan_triton", None)
+        # Its kernels index the agreed layouts: row-major x and x_dbl (the network's are channels-last).
+        return None if fused is None else lambda x, x_dbl, *rest: fused(x.contiguous(), x_dbl.contiguous(), *rest)
     return None
 
 
