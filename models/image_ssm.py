@@ -21,10 +21,14 @@ class SymmetryEnhancement(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.strength = strength
+        self.fused = True
 
     def forward(self, y):
-        mirrored = (y + y.flip(-1)) * 0.5
         w = torch.sigmoid(self.alpha)
+        if self.fused:  # the same as y * a + flip_W(y) * c: three passes over y instead of eight
+            c = 0.5 * self.strength * w
+            return torch.addcmul(y * (1 + self.strength * (1 - w) + c), y.flip(-1), c)
+        mirrored = (y + y.flip(-1)) * 0.5
         return y + self.strength * ((1 - w) * y + w * mirrored)
 
 

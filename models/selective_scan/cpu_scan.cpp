@@ -18,9 +18,11 @@
 // The fused Image-SSM scan (image_forward / image_backward, ARCHITECTURE.md 3.3) runs the four
 // directions of a (Bt, Dn, H, W) map with the same per-chunk loops: it reads each direction's pixels
 // from the map by index arithmetic (pixel_at), forms delta = dt_proj(dt) + bias from the x_proj rows
-// (Bt, K, R + 2N, H*W) in row-major pixel order, and sums the directions' outputs into one
-// (Bt, Dn, H, W) result. An item is (batch, a run of blocks of Dn) and runs the four directions in
-// turn, so it alone writes its channels of y and of grad x.
+// (Bt, K, R + 2N, H*W), and sums the directions' outputs into one (Bt, Dn, H, W) result. Tensors are
+// read through their strides: the network's channels-last x (a block's channels are one vector load)
+// and pixel-major x_proj rows (a pixel's rows in one or two cache lines) suit the column-major orders,
+// which jump W pixels a step. An item is (batch, a run of blocks of Dn) and runs the four directions
+// in turn, so it alone writes its channels of y and of grad x.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -477,7 +479,9 @@ struct ImageSizes {
   int64_t batch, channels, height, width, length, rank, states, chunk, chunks;
   int64_t blocks, blocks_per_item, items_per_image;
   int64_t x_image, x_channel, x_pixel, d_image, d_direction, d_row, d_pixel;
+  const int64_t* order;  // (K, L): pixel_at(k, t), computed once per call (integer division is slow)
   int64_t rows() const { return rank + 2 * states; }  // x_proj rows of a direction: dt, B, C
+  const int64_t* pixels(int k, int64_t t0) const { return order + k * length + t0; }
   int64_t items() const { return batch * items_per_image; }
   template <typename P> Plane<P> image(P* base, int64_t b) const { return {base + b * x_image, x_channel, x_pixel}; }
   template <typename P> Plane<P> direction(P* x_dbl, int64_t b, int k) const {  // rows as "channels"
@@ -485,9 +489,18 @@ struct ImageSizes {
   }
 };
 
+// pixel_at(k, t) for every direction and step: (K, L).
+std::vector<int64_t> scan_orders(int64_t height, int64_t width) {
+  std::vector<int64_t> order(kDirections * height * width);
+  for (int k = 0; k < kDirections; ++k)
+    for (int64_t t = 0; t < height * width; ++t) order[k * height * width + t] = pixel_at(k, t, height, width);
+  return order;
+}
+
 ImageSizes image_sizes_of(const at::Tensor& x, const at::Tensor& x_dbl, const at::Tensor& dt_w, int64_t states,
-                          int64_t chunk, int lanes) {
+                          int64_t chunk, int lanes, const std::vector<int64_t>& order) {
   ImageSizes s;
+  s.order = order.data();
   s.x_image = x.stride(0);
   s.x_channel = x.stride(1);
   s.x_pixel = x.stride(3);
@@ -540,17 +553,18 @@ template <typename T> struct DirectionParams {
   }
 };
 
-// Direction k's pixels for the chunk's steps, and its dt, B and C rows there as a (rows, chunk) tile;
-// starts fetching the rows of the chunk at step `next` (the column-major orders jump W pixels a step).
+// Direction k's dt, B and C rows at the chunk's pixels as a (rows, chunk) tile.
 template <typename T>
-void gather_chunk(Plane<const T> rows, const ImageSizes& s, int k, int64_t t0, int64_t len, int64_t next,
-                  int64_t* pixels, T* coef) {
-  for (int64_t t = 0; t < len; ++t) {
-    pixels[t] = pixel_at(k, t0 + t, s.height, s.width);
+void gather_chunk(Plane<const T> rows, const ImageSizes& s, const int64_t* pixels, int64_t len, T* coef) {
+  for (int64_t t = 0; t < len; ++t)
     for (int64_t r = 0; r < s.rows(); ++r) coef[r * s.chunk + t] = *rows.at(r, pixels[t]);
-  }
-  for (int64_t t = next; t >= 0 && t < std::min(next + s.chunk, s.length); ++t) {
-    const int64_t pixel = pixel_at(k, t, s.height, s.width);
+}
+
+// Starts fetching the x_proj rows of the chunk at step `next` (the column-major orders jump W pixels a
+// step, too far for the hardware's prefetcher to guess).
+template <typename T> void prefetch_chunk(Plane<const T> rows, const ImageSizes& s, int k, int64_t next) {
+  for (int64_t t = std::max<int64_t>(next, 0); t < std::min(next + s.chunk, s.length); ++t) {
+    const int64_t pixel = s.pixels(k, t)[0];
     __builtin_prefetch(rows.at(0, pixel));
     __builtin_prefetch(rows.at(s.rows() - 1, pixel));
   }
@@ -574,7 +588,6 @@ void image_forward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_b
   at::parallel_for(0, s.items(), 1, [&](int64_t begin, int64_t end) {
     std::vector<Vec<T>> dt(TC), uu(TC), out(TC);
     std::vector<T> coef(s.rows() * TC);
-    std::vector<int64_t> pixels(TC);
     for (int64_t item = begin; item < end; ++item) {
       const ImageItem it(s, item);
       const Plane<const T> x_b = s.image(x, it.b);
@@ -585,7 +598,9 @@ void image_forward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_b
         std::fill(h.begin(), h.end(), splat<T>(T(0)));
         for (int64_t j = 0; j < s.chunks; ++j) {
           const int64_t t0 = j * TC, len = std::min(TC, s.length - t0);
-          gather_chunk<T>(s.direction(x_dbl, it.b, k), s, k, t0, len, t0 + TC, pixels.data(), coef.data());
+          const int64_t* pixels = s.pixels(k, t0);
+          gather_chunk<T>(s.direction(x_dbl, it.b, k), s, pixels, len, coef.data());
+          prefetch_chunk<T>(s.direction(x_dbl, it.b, k), s, k, t0 + TC);
           for (int64_t blk = it.first; blk < it.last; ++blk) {
             const int64_t i = blk - it.first;
             const Block bl = it.block(blk, k, lanes, s.channels);
@@ -593,13 +608,13 @@ void image_forward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_b
             if (checkpoints)
               std::memcpy(checkpoints + (((it.b * s.blocks + blk) * kDirections + k) * s.chunks + j) * N * lanes, h_blk,
                           N * sizeof(Vec<T>));
-            gather_tile<T>(x_b, bl, pixels.data(), len, T(0), uu.data());
+            gather_tile<T>(x_b, bl, pixels, len, T(0), uu.data());
             project_steps<T>(&dir.weight[i * R], coef.data(), s, len, dt.data());
             step_sizes<T>(dt.data(), nullptr, len, dir.par[i].bias, true);
             chunk_forward<T>(dir.par[i], N, len, dt.data(), uu.data(), Rows<const T>{coef.data() + R * TC, TC},
                              Rows<const T>{coef.data() + (R + N) * TC, TC}, h_blk, out.data());
             // The merge: direction 0 writes the item's channels of y, the others add to them.
-            scatter_tile<T>(out.data(), bl, pixels.data(), len, y_b, k > 0);
+            scatter_tile<T>(out.data(), bl, pixels, len, y_b, k > 0);
           }
         }
       }
@@ -620,7 +635,6 @@ void image_backward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_
     ChunkBuffers<T> buf(TC, N);
     std::vector<T> coef(s.rows() * TC), grad_coef(s.rows() * TC);
     std::vector<Vec<T>> grad_weight_chunk(R);
-    std::vector<int64_t> pixels(TC);
     for (int64_t item = begin; item < end; ++item) {
       const ImageItem it(s, item);
       const int64_t blocks = it.last - it.first;
@@ -634,15 +648,17 @@ void image_backward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_
         const Plane<T> parts_k = s.direction(parts_x_dbl + item * s.d_image, 0, k);
         for (int64_t j = s.chunks - 1; j >= 0; --j) {
           const int64_t t0 = j * TC, len = std::min(TC, s.length - t0);
-          gather_chunk<T>(s.direction(x_dbl, it.b, k), s, k, t0, len, t0 - TC, pixels.data(), coef.data());
+          const int64_t* pixels = s.pixels(k, t0);
+          gather_chunk<T>(s.direction(x_dbl, it.b, k), s, pixels, len, coef.data());
+          prefetch_chunk<T>(s.direction(x_dbl, it.b, k), s, k, t0 - TC);
           std::fill(grad_coef.begin(), grad_coef.end(), T(0));
           const Rows<T> grad_B{grad_coef.data() + R * TC, TC}, grad_C{grad_coef.data() + (R + N) * TC, TC};
           for (int64_t blk = it.first; blk < it.last; ++blk) {
             const int64_t i = blk - it.first;
             const Block bl = it.block(blk, k, lanes, s.channels);
             const Vec<T>* weight = &dir.weight[i * R];
-            gather_tile<T>(x_b, bl, pixels.data(), len, T(0), buf.uu.data());
-            gather_tile<T>(gy_b, bl, pixels.data(), len, T(0), buf.gy.data());
+            gather_tile<T>(x_b, bl, pixels, len, T(0), buf.uu.data());
+            gather_tile<T>(gy_b, bl, pixels, len, T(0), buf.gy.data());
             project_steps<T>(weight, coef.data(), s, len, buf.dt.data());
             step_sizes<T>(buf.dt.data(), buf.sig.data(), len, dir.par[i].bias, true);
             const T* saved = checkpoints + (((it.b * s.blocks + blk) * kDirections + k) * s.chunks + j) * N * lanes;
@@ -655,7 +671,7 @@ void image_backward_impl(const T* x, const T* x_dbl, const T* dt_w, const T* dt_
             lane_sums<T>(len, R, [&](int64_t t, int64_t r) { return weight[r] * buf.gdelta[t]; },
                          [&](int64_t t, int64_t r, T sum) { grad_coef[r * TC + t] += sum; });
             for (int64_t r = 0; r < R; ++r) grad_weight[i * R + r] += grad_weight_chunk[r];
-            scatter_tile<T>(buf.gu.data(), bl, pixels.data(), len, gx_b, k > 0);
+            scatter_tile<T>(buf.gu.data(), bl, pixels, len, gx_b, k > 0);
           }
           for (int64_t t = 0; t < len; ++t)
             for (int64_t r = 0; r < s.rows(); ++r) *parts_k.at(r, pixels[t]) = grad_coef[r * TC + t];
@@ -797,9 +813,10 @@ std::vector<at::Tensor> image_scan_forward(const at::Tensor& x, const at::Tensor
   TORCH_CHECK(chunk > 0, "image selective scan (cpp): chunk must be positive");
   at::Tensor y = at::empty_like(x);
   at::Tensor checkpoints;
+  const std::vector<int64_t> order = scan_orders(x.size(2), x.size(3));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_selective_scan_cpp_forward", [&] {
     using T = scalar_t;
-    const ImageSizes s = image_sizes_of(x, x_dbl, dt_w, A.size(1), chunk, kLanes<T>);
+    const ImageSizes s = image_sizes_of(x, x_dbl, dt_w, A.size(1), chunk, kLanes<T>, order);
     if (save_checkpoints)
       checkpoints = at::empty({s.batch, s.blocks, kDirections, s.chunks, s.states, kLanes<T>}, x.options());
     image_forward_impl<T>(x.data_ptr<T>(), x_dbl.data_ptr<T>(), dt_w.data_ptr<T>(), dt_b.data_ptr<T>(),
@@ -818,9 +835,10 @@ std::vector<at::Tensor> image_scan_backward(const at::Tensor& x, const at::Tenso
               "image selective scan (cpp): grad_y must be laid out like x");
   at::Tensor grad_x = at::empty_like(x), grad_x_dbl = at::empty_like(x_dbl), grad_w = at::empty_like(dt_w);
   at::Tensor grad_b = at::empty_like(dt_b), grad_A = at::empty_like(A), grad_D = at::empty_like(D);
+  const std::vector<int64_t> order = scan_orders(x.size(2), x.size(3));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_selective_scan_cpp_backward", [&] {
     using T = scalar_t;
-    const ImageSizes s = image_sizes_of(x, x_dbl, dt_w, A.size(1), chunk, kLanes<T>);
+    const ImageSizes s = image_sizes_of(x, x_dbl, dt_w, A.size(1), chunk, kLanes<T>, order);
     TORCH_CHECK(checkpoints.numel() == s.batch * s.blocks * kDirections * s.chunks * s.states * kLanes<T>,
                 "image selective scan (cpp): checkpoints do not match the inputs");
     const int64_t KD = kDirections * s.channels, part = s.d_image;
