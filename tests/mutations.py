@@ -28,6 +28,9 @@ ORACLE = ("tests/test_network_oracle.py",)
 RESUME = ("tests/test_train.py::test_resume_is_bit_identical_to_an_uninterrupted_run[0]",)
 BF16 = ("tests/test_train.py::test_bf16_autocast_computes_layers_in_bf16_and_the_scan_and_fft_in_float32",)
 IMAGE_SCAN = ("tests/test_image_scan.py::test_cpp_matches_the_unfused_reference_float64",)
+# The unfused path, the fused one's reference, is checked against it (the oracle runs the default, fused).
+FUSED_NETWORK = ("tests/test_image_scan.py::test_fused_network_matches_the_unfused_path_float64[tiny-odd-quarter]",)
+FUSED_MODULES = ("tests/test_fused_training.py",)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,17 @@ MUTATIONS = (
              "return 2 * x + self.fourier(x) + self.wavelet(x)", ORACLE,
              "FWM adds its input twice (the authors' code)"),
     Mutation("symmetry_vertical", "models/image_ssm.py", "mirrored = (y + y.flip(-1)) * 0.5",
-             "mirrored = (y + y.flip(-2)) * 0.5", ORACLE, "the symmetry term mirrors vertically"),
+             "mirrored = (y + y.flip(-2)) * 0.5", FUSED_NETWORK, "the unfused symmetry term mirrors vertically"),
+    Mutation("fused_symmetry_vertical", "models/image_ssm.py", "y.flip(-1), c)", "y.flip(-2), c)", ORACLE,
+             "the fused symmetry term mirrors vertically"),
+    Mutation("fourier_adjoint_columns", "models/fwm.py", "grad[..., 1:width - spec.shape[-1] + 1] *= 2",
+             "grad[..., 1:width - spec.shape[-1]] *= 2", FUSED_MODULES,
+             "the Fourier branch's gradient doubles one spectrum column too few"),
+    Mutation("haar_adjoint_uncropped", "models/haar.py", "return haar_idwt(grad_ll, grad_highs)[..., :h, :w]",
+             "return haar_idwt(grad_ll, grad_highs)", FUSED_MODULES,
+             "the Haar transform's backward forgets to crop the padding of odd sides"),
+    Mutation("mamba_layer_keeps_everything", "models/mamba_block.py", "if self.fused and torch.is_grad_enabled():",
+             "if False:", FUSED_MODULES, "training no longer recomputes the Mamba layer's cheap activations"),
     Mutation("merge_columns", "models/selective_scan/image_scan.py", "cols.view(b, d, w, h).transpose(2, 3)",
              "cols.view(b, d, h, w)", ORACLE, "column-major scans merged back without the transpose"),
     Mutation("haar_pads_first", "models/haar.py", "F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))",

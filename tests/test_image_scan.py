@@ -195,7 +195,7 @@ def test_triton_runs_its_fused_kernel_when_it_has_one(monkeypatch):
 
 CONFIGS = {"tiny": {"embed_dim": 8, "depth": 1, "n_layers": 1, "d_state": 4}, "paper": {}}
 # Non-square, and 20 and 28 give odd sides (5, 7) at H/4.
-SIZES = {"square": (16, 16), "non-square": (16, 24), "odd at H/4": (20, 28)}
+SIZES = {"square": (16, 16), "non-square": (16, 24), "odd-quarter": (20, 28)}
 
 
 def network_results(model, x, fused, backend, amp=None):
