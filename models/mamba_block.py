@@ -45,10 +45,10 @@ class MambaLayer(nn.Module):
     """x + MambaBlock(RMSNorm(x)); (B, H, W, d) -> same.
 
     In training with ``fused`` (the default) the same function is computed so that the backward keeps
-    x, the FWM's input and output (and what its branches keep: the two amplitude conv outputs, the
+    x, z, the FWM's input and output (and what its branches keep: the two amplitude conv outputs, the
     wavelet conv's input), the Image-SSM scan's inputs and merged output (and its chunk states), and
-    recomputes the rest: the norm, in_proj, the depthwise conv and SiLU, the symmetry step, the output
-    norm, the gate and out_proj's input.
+    recomputes the rest: the norm, the depthwise conv and SiLU, the symmetry step, the output norm, the
+    gate and out_proj's input.
     """
 
     def __init__(self, dim, **block_kwargs):
@@ -62,22 +62,21 @@ class MambaLayer(nn.Module):
             return self._forward_recomputing(x)
         return x + self.block(self.norm(x))
 
-    def _projection(self, x, half):
-        """in_proj(RMSNorm(x)), half 0 (the FWM's input) or 1 (z) of its output channels; (B, H, W, d_inner)."""
-        weight = self.block.in_proj.weight
-        rows = weight.shape[0] // 2
-        return F.linear(self.norm(x), weight[half * rows:(half + 1) * rows])
+    def _projections(self, x):
+        """in_proj(RMSNorm(x)) as the FWM's input (B, d_inner, H, W) and z (B, H, W, d_inner), each in its
+        own storage (z is kept for the backward, the other half is not)."""
+        inner, z = self.block.in_proj.weight.chunk(2)
+        normed = self.norm(x)
+        return F.linear(normed, inner).permute(0, 3, 1, 2), F.linear(normed, z)
 
-    def _fwm_input(self, x):
-        return self._projection(x, 0).permute(0, 3, 1, 2)
-
-    def _output_part(self, y, x):
-        return x + self.block.gate(self.block.ssm.symmetry(y), self._projection(x, 1))
+    def _output_part(self, y, z, x):
+        return x + self.block.gate(self.block.ssm.symmetry(y), z)
 
     def _forward_recomputing(self, x):
         block = self.block
-        scan_input = recompute(block.local_mix, block.fwm(recompute(self._fwm_input, x)))
-        return recompute(self._output_part, block.ssm.scan(scan_input), x)
+        inner, z = recompute(self._projections, x)
+        scan_input = recompute(block.local_mix, block.fwm(inner))
+        return recompute(self._output_part, block.ssm.scan(scan_input), z, x)
 
 
 class HybriMambaMixer(nn.Sequential):
