@@ -43,7 +43,7 @@ def map_every_block():
             pass
 
 
-def build(path, backend, device):
+def build(path, backend, device, activation_checkpointing=False):
     import torch
 
     from models import HybriMamba
@@ -51,6 +51,7 @@ def build(path, backend, device):
     torch.manual_seed(0)
     net = HybriMamba(scan_backend=backend).to(device).train()
     net.set_fused(path == "fused")
+    net.set_activation_checkpointing(activation_checkpointing)
     return net
 
 
@@ -93,7 +94,7 @@ class SavedTensorLog:
         return dict(totals)
 
 
-def run_case(path, backend, amp, batch, size, device, train_step):
+def run_case(path, backend, amp, batch, size, device, train_step, activation_checkpointing=False):
     """Figures of one path, measured in this (fresh) process."""
     import torch
     import torch.nn.functional as F
@@ -103,7 +104,7 @@ def run_case(path, backend, amp, batch, size, device, train_step):
     cuda = device == "cuda"
     if not cuda:
         map_every_block()
-    net = build(path, backend, device)
+    net = build(path, backend, device, activation_checkpointing)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[amp]
     x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
 
@@ -182,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=128, help="image side (default 128)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--train_step", action="store_true", help="CUDA: also the peak of a whole training step")
+    parser.add_argument("--activation_checkpointing", action="store_true",
+                        help="keep only each HybriMamba block's input (train.py's option of that name)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one path, print JSON
     args = parser.parse_args(argv)
     if args.device is None:
@@ -189,15 +192,17 @@ def main(argv=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.case:
         print(json.dumps(run_case(args.case, args.backend, args.amp, args.batch, args.size, args.device,
-                                  args.train_step)))
+                                  args.train_step, args.activation_checkpointing)))
         return 0
     print(f"activation memory at {args.size}x{args.size}, paper configuration, {args.amp}, batch {args.batch}, "
-          f"{args.device}, backend {args.backend}; load average {os.getloadavg()[0]:.1f}")
+          f"{args.device}, backend {args.backend}{', activation checkpointing' if args.activation_checkpointing else ''}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     results = {}
     for path in args.paths:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--case", path, "--backend", args.backend, "--amp",
                args.amp, "--batch", str(args.batch), "--size", str(args.size), "--device", args.device]
-        cmd += ["--train_step"] if args.train_step else []
+        cmd += [flag for flag, on in (("--train_step", args.train_step),
+                                      ("--activation_checkpointing", args.activation_checkpointing)) if on]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
         if done.returncode != 0:
             print(f"{path}: failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}", flush=True)
