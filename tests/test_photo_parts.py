@@ -178,7 +178,7 @@ def test_upscale_in_strips_equals_one_pil_resize(monkeypatch):
 
 @pytest.mark.parametrize("length", [TILE + 1, 2500, 5000])
 def test_tiles_cover_the_photo_with_the_overlap(length):
-    starts = tile_starts(length)
+    starts = tile_starts(length, TILE, OVERLAP)
     assert starts[0] == 0 and starts[-1] + TILE == length
     assert all(b - a <= TILE - OVERLAP for a, b in itertools.pairwise(starts))
     # every centre belongs to the core of some tile

@@ -137,6 +137,14 @@ def astronaut_face(size=128):
     return np.asarray(resize_bicubic(window, (size, size)))
 
 
+def astronaut_source():
+    """The astronaut's portrait with her face's CelebA-like frame, for group photos (``utils.photo.synthetic``)."""
+    from utils.photo.synthetic import FaceSource
+
+    cx, cy, side = ASTRONAUT_FACE_WINDOW
+    return FaceSource(to_uint8(load_skimage_image("astronaut")), (cx - side / 2, cy - side / 2, side))
+
+
 def build_builtin_faces(out_dir, size=24, seed=0, progress=True):
     """Write the built-in set (module docstring) to ``out_dir/train`` and ``out_dir/heldout``.
 

@@ -70,7 +70,7 @@ def load_mtcnn(min_box, factor, thresholds, device):
                  select_largest=False, post_process=False, device=device)
 
 
-def tile_starts(length, tile=TILE, overlap=OVERLAP):
+def tile_starts(length, tile, overlap):
     """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap`` shared."""
     if length <= tile:
         return [0]
@@ -127,8 +127,8 @@ class FaceDetector:
             found = self._run(photo, self.upsample, self.min_box)
         else:
             found = []
-            for y0 in tile_starts(height):
-                for x0 in tile_starts(width):
+            for y0 in tile_starts(height, TILE, OVERLAP):
+                for x0 in tile_starts(width, TILE, OVERLAP):
                     tile = photo[y0:y0 + TILE, x0:x0 + TILE]
                     for d in self._run(tile, self.upsample, self.min_box):
                         d = d.moved(1.0, x0, y0)
