@@ -32,11 +32,6 @@ CORNERS = np.array([(0, 0), (128, 0), (0, 128), (128, 128)], np.float64)
 SCALE = 8
 
 
-def psnr(a, b, mask):
-    diff = a[mask].astype(np.float64) - b[mask].astype(np.float64)
-    return 10 * np.log10(255.0 ** 2 / np.mean(diff ** 2))
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--faces", required=True, help="folder of CelebA aligned images (img_align_celeba, 178x218)")
@@ -82,8 +77,8 @@ def main():
                 canvas = base.copy()
                 restore_faces(photo.lr, canvas, restorer, [detections[match]], SCALE)
                 region = synthetic.face_region(photo, index)
-                bicubic.append(psnr(photo.hr, base, region))
-                gains.append(psnr(photo.hr, canvas, region) - bicubic[-1])
+                bicubic.append(synthetic.region_psnr(photo.hr, base, region))
+                gains.append(synthetic.region_psnr(photo.hr, canvas, region) - bicubic[-1])
         total = 8 * args.photos
         quality = (f"{np.mean(bicubic):12.2f}  {np.mean(gains):+9.2f}  {np.min(gains):+8.2f}  "
                    f"{np.mean(np.array(gains) > 0):6.0%}" if gains else f"{'-':>12}  {'-':>9}  {'-':>8}  {'-':>6}")

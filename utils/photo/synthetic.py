@@ -155,3 +155,9 @@ def match_faces(detections, photo, tolerance=0.25):
         if near:
             taken.add(matches[-1])
     return matches
+
+
+def region_psnr(truth, image, mask):
+    """PSNR (dB, RGB, peak 255) of ``image`` against ``truth`` over the pixels of ``mask``."""
+    diff = truth[mask].astype(np.float64) - image[mask].astype(np.float64)
+    return float(10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-12)))
