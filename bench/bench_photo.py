@@ -25,7 +25,7 @@ from utils.photo import geometry, synthetic
 from utils.photo.alignment import frame_transform
 from utils.photo.detector import MIN_BOX, UPSAMPLE, FaceDetector
 from utils.photo.photo_io import upscale
-from utils.photo.pipeline import restore_faces
+from utils.photo.pipeline import MAX_FACE, restore_faces
 from utils.photo.restorer import FaceRestorer, load_model
 
 CORNERS = np.array([(0, 0), (128, 0), (0, 128), (128, 128)], np.float64)
@@ -39,6 +39,7 @@ def main():
     p.add_argument("--photos", type=int, default=3, help="photos of 8 faces per size (default 3)")
     p.add_argument("--min_box", type=float, default=MIN_BOX)
     p.add_argument("--upsample", type=float, default=UPSAMPLE)
+    p.add_argument("--max_face", type=int, default=MAX_FACE, help="enhance.py's --max_face")
     p.add_argument("--model", default=str(SHIPPED_MODEL))
     p.add_argument("--no_restore", action="store_true", help="detection and alignment only")
     p.add_argument("--threads", type=int, default=2)
@@ -48,7 +49,8 @@ def main():
     detector = FaceDetector(min_box=args.min_box, upsample=args.upsample)
     restorer = None if args.no_restore else FaceRestorer(*load_model(args.model)[:3])
     rng = np.random.default_rng(0)
-    print(f"min_box {args.min_box:g}, upsample {args.upsample:g}; {args.photos} photos of 8 faces per size")
+    print(f"min_box {args.min_box:g}, upsample {args.upsample:g}, max_face {args.max_face}; {args.photos} photos of 8 "
+          f"faces per size")
     print("size  found   false  frame err (mean/p90)  PSNR bicubic  gain mean  gain min  gain>0  detect s")
     start = 0
     for size in args.sizes:
@@ -75,7 +77,7 @@ def main():
                 if restorer is None:
                     continue
                 canvas = base.copy()
-                restore_faces(photo.lr, canvas, restorer, [detections[match]], SCALE)
+                restore_faces(photo.lr, canvas, restorer, [detections[match]], SCALE, args.max_face)
                 region = synthetic.face_region(photo, index)
                 bicubic.append(synthetic.region_psnr(photo.hr, base, region))
                 gains.append(synthetic.region_psnr(photo.hr, canvas, region) - bicubic[-1])

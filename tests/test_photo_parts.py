@@ -129,23 +129,35 @@ def test_feathered_mask_is_zero_at_the_edges_and_one_inside():
     np.testing.assert_allclose(mask, mask[::-1, ::-1], atol=1e-6)
 
 
-def test_lr_side_keeps_the_face_resolution_within_bounds():
-    assert lr_side(11.2, 16, 64) == 16   # too small: enlarged to the model's input
-    assert lr_side(23.6, 16, 64) == 24   # its own size: each input pixel spans `scale` output pixels
-    assert lr_side(200.0, 16, 64) == 64  # too large: reduced
+def test_lr_side_keeps_the_face_resolution():
+    assert lr_side(11.2, 16) == 16   # too small: enlarged to the model's input
+    assert lr_side(23.6, 16) == 24   # its own size: each input pixel spans `scale` output pixels
+
+
+def test_faces_too_small_or_too_large_get_a_notice_and_large_ones_stay_bicubic():
+    photo = smooth_photo(200, 150)
+    frames = [geometry.similarity(60 / FRAME, 0.0, (64, 64), (60.0, 70.0)),
+              geometry.similarity(12 / FRAME, 0.0, (64, 64), (160.0, 70.0))]
+    result = enhance_photo(photo, Identity(), KnownFaces(frames), scale=2, max_face=48)
+    large, small = result.faces
+    assert large.restored is None and "larger than --max_face 48" in large.notice
+    assert large.record()["restored"] is False and large.record()["network_input"] is None
+    assert small.restored.shape == (128, 128, 3) and "smaller than the model's 16 px" in small.notice
+    enlarged = np.asarray(Image.fromarray(photo).resize((400, 300), Image.BICUBIC))
+    np.testing.assert_array_equal(result.image[:, :200], enlarged[:, :200])  # the large face's half
 
 
 def test_align_face_cuts_the_frame_at_the_face_resolution():
     photo = smooth_photo(200, 150)
     frame = geometry.similarity(30 / FRAME, math.radians(9), (64, 64), (100.0, 70.0))
     aligned = align_face(photo, geometry.apply(frame, TEMPLATE))
-    assert aligned.lr.shape == (30, 30, 3) and not aligned.reduced
+    assert aligned.lr.shape == (30, 30, 3)
     assert aligned.face_size == pytest.approx(30.0)
     np.testing.assert_allclose(geometry.compose(aligned.to_frame, frame), geometry.scaling(1.0), atol=1e-9)
     # The crop's centre pixel is the photo at the frame's centre.
     assert np.abs(aligned.lr[15, 15].astype(int) - photo[70, 100].astype(int)).max() <= 3
-    big = align_face(photo, geometry.apply(geometry.similarity(100 / FRAME, 0.0, (64, 64), (100, 75)), TEMPLATE))
-    assert big.lr.shape == (64, 64, 3) and big.reduced
+    small = align_face(photo, geometry.apply(geometry.similarity(9 / FRAME, 0.0, (64, 64), (100, 75)), TEMPLATE))
+    assert small.lr.shape == (16, 16, 3)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

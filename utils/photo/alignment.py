@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from data.degradation import resize_bicubic
 from utils.photo import geometry
 
 FRAME = 128
@@ -38,12 +36,10 @@ WEIGHTS = (2.0, 2.0, 0.3, 1.0, 1.0)
 @dataclass
 class AlignedFace:
     """``to_frame`` maps photo coordinates into the 128x128 frame; ``face_size`` is the side of that
-    frame in photo pixels; ``lr`` is the network's (n, n, 3) uint8 input and ``reduced`` whether it
-    was made smaller than the face."""
+    frame in photo pixels; ``lr`` is the network's (n, n, 3) uint8 input."""
     to_frame: np.ndarray
     face_size: float
     lr: np.ndarray
-    reduced: bool
 
 
 def frame_transform(landmarks):
@@ -58,26 +54,23 @@ def warp_region(photo, to_region, width, height):
                           borderMode=cv2.BORDER_REPLICATE)
 
 
-def lr_side(face_size, lr_size, max_side):
-    """The side of the network's input for a face of ``face_size`` pixels: its own size (so that every
-    input pixel spans ``scale`` output pixels, as in training), at least ``lr_size`` and at most
-    ``max_side``."""
-    return int(min(max_side, max(lr_size, round(face_size))))
+def lr_side(face_size, lr_size):
+    """The side of the network's input for a face of ``face_size`` pixels: its own size, so that every
+    input pixel spans ``scale`` output pixels as in training, and at least ``lr_size``."""
+    return max(lr_size, round(face_size))
 
 
-def align_face(photo, landmarks, lr_size=16, max_side=64):
-    """Cut the face with ``landmarks`` out of ``photo`` (H, W, 3) uint8, aligned to the training framing.
+def align_face(photo, landmarks, lr_size=16):
+    """Cut the face with ``landmarks`` out of ``photo`` (H, W, 3) uint8, aligned to the training framing,
+    at its own resolution (``lr_side``): a rotation and a shift, almost no rescaling. A face smaller
+    than ``lr_size`` is enlarged to it (bicubic) and restored from what there is.
 
-    The crop keeps the face's own resolution (``lr_side``): a rotation and a shift, almost no
-    rescaling. A face smaller than ``lr_size`` is enlarged to it (bicubic) and restored from what
-    there is; one larger than ``max_side`` is first cut at its size, then PIL-bicubic reduced to
-    ``max_side``, the training degradation.
+    Reducing a larger face to ``lr_size`` instead (the training degradation) loses what the photo has:
+    on CelebA faces of 20-40 pixels placed in photos with known landmarks, that made the restored face
+    0.2-4.0 dB worse than bicubic, where restoring it at its own size gained 0.6-1.0 dB (see the README).
     """
     to_frame = frame_transform(landmarks)
     face_size = FRAME / geometry.scale_of(to_frame)
-    side = lr_side(face_size, lr_size, max_side)
-    native = max(side, round(face_size))
-    crop = warp_region(photo, geometry.compose(geometry.scaling(native / FRAME), to_frame), native, native)
-    if native != side:
-        crop = np.asarray(resize_bicubic(Image.fromarray(crop), (side, side)))
-    return AlignedFace(to_frame, face_size, crop, native != side)
+    side = lr_side(face_size, lr_size)
+    crop = warp_region(photo, geometry.compose(geometry.scaling(side / FRAME), to_frame), side, side)
+    return AlignedFace(to_frame, face_size, crop)

@@ -45,8 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--scan_backend", choices=SCAN_BACKENDS, default="auto", help="selective-scan backend")
     p.add_argument("--side_by_side", action="store_true", help="also write input | bicubic | result as one picture")
     p.add_argument("--max_face", type=int, default=MAX_FACE,
-                   help="faces larger than this many pixels are reduced to it before restoring, which bounds the "
-                        "network's size (default: %(default)s)")
+                   help="faces larger than this many pixels are left as the bicubic enlargement; the network runs "
+                        "at 8x a face's size (default: %(default)s, where the shipped model stops helping)")
     p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable photos out instead of stopping")
     args = p.parse_args(argv)
     if args.upscale < 1:
@@ -109,9 +109,11 @@ def enhance_file(path, args, restorer, detector, model_line):
     bicubic = upscale(photo, args.upscale) if args.side_by_side else None
     write_outputs(outputs, result, photo_record(path, photo, orientation, result, args, model_line),
                   photo if args.side_by_side else None, bicubic)
-    found = f"{len(result.faces)} face(s) restored" if result.faces else "no face found (the photo is enlarged all the same)"
+    restored = sum(face.restored is not None for face in result.faces)
+    found = (f"{restored} of {len(result.faces)} face(s) restored" if result.faces
+             else "no face found (the photo is enlarged all the same)")
     log.info(f"{path.name}: {found} -> {outputs.image}")
-    return len(result.faces)
+    return restored
 
 
 def main(argv=None):

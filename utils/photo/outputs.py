@@ -2,7 +2,8 @@
 
     OUT/<stem>.png                 the whole photo enlarged, faces restored
     OUT/<stem>.json                what was done: each face's box, landmarks, score and transform
-    OUT/<stem>_faces/NN.png        face NN: its aligned LR input (pixels enlarged) beside the restored face
+    OUT/<stem>_faces/NN.png        face NN (as numbered in the JSON): its aligned LR input (pixels enlarged)
+                                   beside the restored face; none for a face too large to restore
     OUT/<stem>_side_by_side.png    (--side_by_side) input | bicubic | result
 
 The JSON file marks the others as enhance.py's own: a later run may replace them, but never a
@@ -94,8 +95,9 @@ def write_outputs(outputs, result, record, photo=None, bicubic=None):
                         f"choose another --out") from None
     names = set()
     for number, face in enumerate(result.faces):
-        names.add(f"{number:02d}.png")
-        write_rgb(outputs.faces_dir / f"{number:02d}.png", face_picture(face.lr, face.restored))
+        if face.restored is not None:
+            names.add(f"{number:02d}.png")
+            write_rgb(outputs.faces_dir / f"{number:02d}.png", face_picture(face.lr, face.restored))
     if outputs.faces_dir.is_dir():
         for stale in outputs.faces_dir.iterdir():
             if FACE_FILE.fullmatch(stale.name) and stale.name not in names:
