@@ -13,13 +13,15 @@ from data.degradation import resize_bicubic
 from models import forward_padded
 from options.test_options import TestOptions
 from utils.evaluation.inference import build_model
+from utils.evaluation.pretrained import SHIPPED_MODEL
 from utils.image_tensor import to_tensor
 from utils.training.checkpoint import load_checkpoint
 
 
-def load_model(path, device="cpu", scan_backend="auto"):
+def load_model(path=SHIPPED_MODEL, device="cpu", scan_backend="auto"):
     """(network in eval mode on ``device``, scale factor, HR size, one-line description) from a checkpoint
-    or release file; the scale and size are those it was trained for (default: the paper's 8 and 128)."""
+    or release file (default: the shipped model); the scale and size are those it was trained for
+    (default: the paper's 8 and 128)."""
     defaults = TestOptions().defaults()
     opt = argparse.Namespace(**{**defaults, "pretrain_model_path": str(path), "scan_backend": scan_backend})
     model, what = build_model(opt, device)
