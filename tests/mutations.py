@@ -104,6 +104,10 @@ MUTATIONS = (
              PHOTO_PARTS, "restored faces pasted at the model's scale instead of the photo's --upscale"),
     Mutation("photo_exif_turn", "utils/photo/photo_io.py", "6: np.rot90(img, -1)", "6: np.rot90(img, 1)", PHOTO_PARTS,
              "EXIF orientation 6 turned the wrong way"),
+    Mutation("photo_template_eyes", "utils/photo/alignment.py", "    [47.22, 45.31],\n    [83.91, 45.27],",
+             "    [83.91, 45.27],\n    [47.22, 45.31],",
+             ("tests/test_photo.py::test_template_recomputed_on_celeba_crops",),
+             "the template's eyes swapped (faces aligned upside down or mirrored)"),
     Mutation("photo_strip_margin", "utils/photo/photo_io.py", "STRIP_MARGIN = 3 ", "STRIP_MARGIN = 0 ", PHOTO_PARTS,
              "the background enlarged in strips without context rows (seams every strip)"),
 )
