@@ -18,8 +18,9 @@ from utils.photo.photo_io import upscale
 from utils.progress import progress_bar
 
 # Faces larger than this (frame side, pixels) are left as the bicubic enlargement. The shipped model
-# (trained on 16-pixel faces) gains +0.75 dB at 48 pixels and loses 0.25 dB at 64 (bench/bench_photo.py);
-# reducing large faces to a size it handles loses more (-1.6 dB at 48 reduced to 32).
+# (trained on 16-pixel faces) gains +0.75 dB at 48 pixels on every face, at 64 on one face in three
+# (bench/bench_photo.py); reducing large faces to a size it handles loses more (-1.6 dB at 48 reduced
+# to 32).
 MAX_FACE = 48
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
