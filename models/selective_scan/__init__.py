@@ -16,7 +16,7 @@ from models.selective_scan.chunked import selective_scan_chunked
 from models.selective_scan.cuda_backend import cuda_unavailable_reason
 from models.selective_scan.reference import selective_scan_ref
 from models.selective_scan.triton_backend import selective_scan_triton, triton_unavailable_reason
-from models.errors import UserError
+from utils.errors import UserError
 
 BACKENDS = ("auto", "torch", "ref", "cuda", "triton", "cpp")
 _IMPLEMENTATIONS = {"torch": selective_scan_chunked, "ref": selective_scan_ref,
