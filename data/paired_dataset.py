@@ -4,9 +4,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data.degradation import resize_bicubic
+from data.image_tensor import to_tensor
 from utils.errors import UserError
 from utils.image_io import pair_by_stem, read_rgb
-from utils.image_tensor import to_tensor
 
 
 class PairedDataset(Dataset):

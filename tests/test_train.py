@@ -14,6 +14,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import utils.training.trainer as trainer_module
+from data.image_tensor import to_tensor, to_uint8
 from models import HybriMamba, image_ssm
 from options import TrainOptions
 from tests import network_oracle
@@ -22,7 +23,6 @@ from utils.distributed import plan_devices, unwrap
 from utils.errors import UserError
 from utils.evaluation.metrics import evaluate_pair
 from utils.image_io import read_rgb
-from utils.image_tensor import to_tensor, to_uint8
 from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.training.data import ResumableSampler, SeededSamples
 from utils.training.ema import ModelEMA

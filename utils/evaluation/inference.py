@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from data.image_tensor import to_uint8
 from data.single_dataset import SingleDataset
 from models import HybriMamba, forward_padded
 from models.selective_scan import resolve_backend
@@ -21,7 +22,6 @@ from utils.evaluation.folder_eval import evaluate_folders, summary_lines, write_
 from utils.evaluation.output_folder import check_output_folder
 from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
-from utils.image_tensor import to_uint8
 from utils.progress import TqdmHandler, progress_bar
 from utils.training.checkpoint import WeightsMismatch, load_checkpoint, load_weights
 

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 import torch
 
+from data.image_tensor import to_tensor
 from utils.distributed import resolve_device
 from utils.errors import UserError
-from utils.image_tensor import to_tensor
 
 LPIPS_NETS = ("alex", "vgg")
 BACKBONE_ENV = "HYBRIMAMBA_LPIPS_BACKBONE"

@@ -22,17 +22,31 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from data import CelebADataset
+from data.image_tensor import to_uint8
 from models import HybriMamba
 from options.base_options import network_config
 from options.train_options import TrainOptions
-from utils.distributed import (all_gather_objects, broadcast_object, destroy_process_group, init_process_group, plan_devices, unwrap,
-                               wrap_model)
+from utils.distributed import (
+    all_gather_objects,
+    broadcast_object,
+    destroy_process_group,
+    init_process_group,
+    plan_devices,
+    unwrap,
+    wrap_model,
+)
 from utils.errors import UserError
 from utils.evaluation.metrics import evaluate_pair
 from utils.host_memory import retain_freed_memory
-from utils.image_tensor import to_uint8
 from utils.progress import format_duration, progress_bar
-from utils.training.checkpoint import assign_weights, check_finite, load_checkpoint, load_weights, save_checkpoint, select_weights
+from utils.training.checkpoint import (
+    assign_weights,
+    check_finite,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    select_weights,
+)
 from utils.training.data import batches, build_train_loader
 from utils.training.ema import ModelEMA
 from utils.training.logger import TrainLogger
