@@ -12,8 +12,8 @@ from PIL import Image
 
 from data.degradation import bicubic_degrade_array
 from utils.errors import UserError, run_cli
-from utils.evaluation.output_folder import check_output_folder
 from utils.image_io import index_by_stem, read_rgb, write_rgb
+from utils.output_folder import check_output_folder
 from utils.progress import progress_bar
 
 

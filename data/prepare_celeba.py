@@ -34,8 +34,8 @@ from PIL import Image
 from data.degradation import center_square, resize_bicubic
 from data.make_lr import write_lr_files
 from utils.errors import UserError, run_cli
-from utils.evaluation.output_folder import check_output_folder
 from utils.image_io import index_by_stem, is_image_file, read_rgb, write_rgb
+from utils.output_folder import check_output_folder
 from utils.progress import progress_bar
 
 ALIGNED_SIZE = (178, 218)

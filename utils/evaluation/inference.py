@@ -19,9 +19,9 @@ from options.base_options import NETWORK_OPTIONS, network_config
 from options.test_options import TestOptions
 from utils.errors import UserError
 from utils.evaluation.folder_eval import evaluate_folders, summary_lines, write_csv
-from utils.evaluation.output_folder import check_output_folder
 from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
+from utils.output_folder import check_output_folder
 from utils.progress import TqdmHandler, progress_bar
 from utils.training.checkpoint import WeightsMismatch, load_checkpoint, load_weights
 
