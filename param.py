@@ -13,9 +13,9 @@ import torch
 
 from models import HybriMamba
 from models.complexity import count_complexity, format_report, measure_latency
+from models.device import resolve_device
 from models.selective_scan import BACKENDS, resolve_backend
 from options.base_options import OptionParser, positive
-from utils.distributed import resolve_device
 from utils.errors import UserError, run_cli
 
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from data.image_tensor import to_tensor
-from utils.distributed import resolve_device
+from models.device import resolve_device
 from utils.errors import UserError
 
 LPIPS_NETS = ("alex", "vgg")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from utils.distributed import unwrap
+from models.device import unwrap
 from utils.errors import UserError
 
 log = logging.getLogger("hybrimamba")

@@ -1,5 +1,5 @@
 """The training loop (ARCHITECTURE.md §4): L1 loss, AdamW, MultiStepLR per epoch, checkpoints,
-exact resume, validation, logging; single device, DataParallel or DDP (see utils.distributed).
+exact resume, validation, logging; single device, DataParallel or DDP (see utils.training.distributed).
 
 Exact resume: a checkpoint stores the position as (epochs done, batches of the current epoch
 done) next to the optimizer, scheduler, scaler, EMA and every RNG state. The data order and
@@ -24,17 +24,9 @@ from torch.utils.data import DataLoader
 from data import CelebADataset
 from data.image_tensor import to_uint8
 from models import HybriMamba
+from models.device import unwrap
 from options.base_options import network_config
 from options.train_options import TrainOptions
-from utils.distributed import (
-    all_gather_objects,
-    broadcast_object,
-    destroy_process_group,
-    init_process_group,
-    plan_devices,
-    unwrap,
-    wrap_model,
-)
 from utils.errors import UserError
 from utils.evaluation.metrics import evaluate_pair
 from utils.host_memory import retain_freed_memory
@@ -48,6 +40,14 @@ from utils.training.checkpoint import (
     select_weights,
 )
 from utils.training.data import batches, build_train_loader
+from utils.training.distributed import (
+    all_gather_objects,
+    broadcast_object,
+    destroy_process_group,
+    init_process_group,
+    plan_devices,
+    wrap_model,
+)
 from utils.training.ema import ModelEMA
 from utils.training.logger import TrainLogger
 from utils.training.run_folder import prepare_run_folders
