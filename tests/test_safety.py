@@ -20,12 +20,12 @@ import psnr_ssim
 import train as train_script
 from data import make_lr, prepare_celeba
 from models import HybriMamba
+from models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from options import TestOptions, TrainOptions
 from tests.conftest import ROOT, file_hashes
 from tests.test_eval_scripts import reference_metrics
 from utils.errors import UserError, run_cli
 from utils.evaluation.inference import run_test
-from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.training.trainer import NonFiniteError, train
 
 TINY = {"embed_dim": 4, "depth": 1, "n_layers": 1}

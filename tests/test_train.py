@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import utils.training.trainer as trainer_module
 from data.image_tensor import to_tensor, to_uint8
 from models import HybriMamba, image_ssm
+from models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from models.device import unwrap
 from options import TrainOptions
 from tests import network_oracle
@@ -23,7 +24,6 @@ from tests.conftest import ROOT
 from utils.errors import UserError
 from utils.evaluation.metrics import evaluate_pair
 from utils.image_io import read_rgb
-from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.training.data import ResumableSampler, SeededSamples
 from utils.training.distributed import plan_devices
 from utils.training.ema import ModelEMA

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from data.image_tensor import to_uint8
 from data.single_dataset import SingleDataset
 from models import HybriMamba, forward_padded
+from models.checkpoint import WeightsMismatch, load_checkpoint, load_weights
 from models.selective_scan import resolve_backend
 from options.base_options import NETWORK_OPTIONS, network_config
 from options.test_options import TestOptions
@@ -23,7 +24,6 @@ from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
 from utils.output_folder import check_output_folder
 from utils.progress import TqdmHandler, progress_bar
-from utils.training.checkpoint import WeightsMismatch, load_checkpoint, load_weights
 
 log = logging.getLogger("hybrimamba")
 OUTPUT_SUFFIX = ".png"

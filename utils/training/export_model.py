@@ -10,8 +10,8 @@ and its task, so ``test.py --pretrain_model_path FILE`` rebuilds the network by 
 import argparse
 from pathlib import Path
 
+from models.checkpoint import NETWORK_OPTIONS, load_checkpoint, save_checkpoint, select_weights
 from utils.errors import UserError, run_cli
-from utils.training.checkpoint import NETWORK_OPTIONS, load_checkpoint, save_checkpoint, select_weights
 
 KEPT_OPTIONS = (*NETWORK_OPTIONS, "load_size", "scale_factor")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from models.checkpoint import remove_interrupted_saves
 from utils.errors import UserError
-from utils.training.checkpoint import remove_interrupted_saves
 
 SHOWN = 4
 

@@ -24,14 +24,7 @@ from torch.utils.data import DataLoader
 from data import CelebADataset
 from data.image_tensor import to_uint8
 from models import HybriMamba
-from models.device import unwrap
-from options.base_options import network_config
-from options.train_options import TrainOptions
-from utils.errors import UserError
-from utils.evaluation.metrics import evaluate_pair
-from utils.host_memory import retain_freed_memory
-from utils.progress import format_duration, progress_bar
-from utils.training.checkpoint import (
+from models.checkpoint import (
     assign_weights,
     check_finite,
     load_checkpoint,
@@ -39,6 +32,13 @@ from utils.training.checkpoint import (
     save_checkpoint,
     select_weights,
 )
+from models.device import unwrap
+from options.base_options import network_config
+from options.train_options import TrainOptions
+from utils.errors import UserError
+from utils.evaluation.metrics import evaluate_pair
+from utils.host_memory import retain_freed_memory
+from utils.progress import format_duration, progress_bar
 from utils.training.data import batches, build_train_loader
 from utils.training.distributed import (
     all_gather_objects,

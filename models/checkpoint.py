@@ -1,5 +1,8 @@
 """Checkpoint files: atomic saving, safe loading (``weights_only``) and loading weights into a network.
 
+In models/ because training, test.py, the export and the demo all read and write these files (and the
+engines must not import each other's internals); it needs only torch and the bottom layer.
+
 A training checkpoint is a dict with the keys ``model`` (state_dict without ``module.``
 prefixes), ``ema`` (state_dict of the EMA weights, optional), ``optimizer``, ``scheduler``,
 ``scaler``, ``epoch`` (epochs completed), ``iteration``, ``batch_in_epoch`` (batches of the
