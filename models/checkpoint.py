@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 
+from models.config import HybriMambaConfig
 from models.device import unwrap
 from utils.errors import UserError
 
 log = logging.getLogger("hybrimamba")
 MODULE_PREFIX = "module."
-# The options that define the network's shape; a checkpoint's values name the config it needs.
-NETWORK_OPTIONS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
 SHOWN_KEYS = 5
 CHECKSUMMED = ("model", "ema")
 # The temporary name save_checkpoint writes to: .<final name>.<pid>.<8 hex digits>.tmp
@@ -173,12 +172,21 @@ def select_weights(ckpt, prefer_ema=True):
     return None, None
 
 
-def _network_config_hint(ckpt):
+def stored_config(ckpt, source):
+    """The ``HybriMambaConfig`` a loaded checkpoint's ``options`` name, or None when they name none (a bare
+    state_dict, a file not written by train.py). Options saved before a config field existed give it its
+    default; invalid values raise ``UserError`` naming ``source`` and the key."""
     options = ckpt.get("options") if isinstance(ckpt, dict) else None
-    if not isinstance(options, dict) or not all(k in options for k in NETWORK_OPTIONS):
-        return ""
-    flags = " ".join(f"--{k} {options[k]}" for k in NETWORK_OPTIONS)
-    return f"; the checkpoint was trained with {flags}"
+    if not isinstance(options, dict) or not any(f.name in options for f in HybriMambaConfig.option_fields()):
+        return None
+    return HybriMambaConfig.from_options(options, source)
+
+
+def _network_config_hint(ckpt, source):
+    with contextlib.suppress(UserError):
+        config = stored_config(ckpt, source)
+        return f"; the checkpoint was trained with {config.flags()}" if config else ""
+    return ""
 
 
 def _shown(keys):
@@ -203,7 +211,7 @@ def assign_weights(model, state, source, ckpt=None):
         parts = [f"{label}: {_shown(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape (file vs network)", shapes)) if keys]
         raise WeightsMismatch(f"{source}: weights do not fit this network ({'; '.join(parts)})"
-                        f"{_network_config_hint(ckpt)}")
+                        f"{_network_config_hint(ckpt, source)}")
     check_finite(state, source)
     target.load_state_dict(state)
 

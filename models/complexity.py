@@ -110,7 +110,7 @@ def count_complexity(model, size=(128, 128), batch=1):
 
     was_training = model.training
     model.eval()
-    x = torch.randn(batch, model.config["in_chans"], *size, device=next(model.parameters()).device)
+    x = torch.randn(batch, model.config.in_chans, *size, device=next(model.parameters()).device)
     with _count_extra_ops(model) as extra, torch.no_grad():
         _, _, layers = thop.profile(model, inputs=(x,), verbose=False, ret_layer_info=True)
     model.train(was_training)
@@ -129,7 +129,7 @@ def count_complexity(model, size=(128, 128), batch=1):
         per_stage[name] = (macs, flops)
     per_child, per_kind = parameter_breakdown(model)
     return {
-        "input": [batch, model.config["in_chans"], *size],
+        "input": [batch, model.config.in_chans, *size],
         "params": sum(p.numel() for p in model.parameters()),
         "params_per_stage": per_child,
         "params_per_kind": per_kind,
@@ -144,7 +144,7 @@ def count_complexity(model, size=(128, 128), batch=1):
 def measure_latency(model, size=(128, 128), batch=1, repeats=3, warmup=1):
     """Median wall-clock seconds of one no-grad forward pass on the model's device."""
     device = next(model.parameters()).device
-    x = torch.randn(batch, model.config["in_chans"], *size, device=device)
+    x = torch.randn(batch, model.config.in_chans, *size, device=device)
     times = []
     was_training = model.training
     model.eval()

@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data import CelebADataset, PairedDataset, SingleDataset, create_dataset
-from data import prepare_celeba
+from data import CelebADataset, PairedDataset, SingleDataset, create_dataset, prepare_celeba
 from data.augmentation import random_flip_scale
 from utils.errors import UserError
 

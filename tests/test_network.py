@@ -13,7 +13,9 @@ from models import HybriMamba, forward_padded
 from models.fwm import FWM
 from models.haar import haar_dwt, haar_idwt
 from models.image_ssm import ImageSSM, SymmetryEnhancement, cross_merge, cross_scan
+from models.selective_scan import resolve_backend
 from tests.conftest import ROOT
+from utils.errors import UserError
 
 TINY = dict(embed_dim=8, depth=1, n_layers=1)
 
@@ -341,9 +343,13 @@ def test_optimizer_groups_exclude_a_log_and_d_from_weight_decay():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_unknown_scan_backend_is_an_error():
-    with pytest.raises(ValueError, match="scan_backend"):
-        HybriMamba(**TINY, scan_backend="fast")
+def test_unknown_scan_backend_is_the_same_user_error_everywhere():
+    message = "unknown selective-scan backend 'fast'; choose one of auto, cuda, triton, cpp, torch, ref"
+    for build in (lambda: HybriMamba(**TINY, scan_backend="fast"), lambda: tiny_model().set_scan_backend("fast"),
+                  lambda: resolve_backend("fast", "cpu")):
+        with pytest.raises(UserError) as err:
+            build()
+        assert str(err.value) == message
 
 
 def test_models_package_needs_only_the_bottom_layer_of_utils():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from models import HybriMamba
 from models.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT
 from utils.demo.faces import astronaut_face
 from utils.errors import UserError
 from utils.training.export_model import export_model

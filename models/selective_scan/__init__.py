@@ -1,4 +1,4 @@
-"""Selective scan with one interface and four backends (ARCHITECTURE.md section 3.4).
+"""Selective scan with one interface and five backends (ARCHITECTURE.md section 3.4).
 
 ``selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True, backend="auto")`` takes the
 layout of mamba-ssm's ``selective_scan_fn``: u, delta (Bt, K*Dn, L); A (K*Dn, N); B, C (Bt, K, N, L)
@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from models.config import SCAN_BACKENDS, check_scan_backend
 from models.selective_scan import cpu_kernel, cuda_backend
 from models.selective_scan.chunked import selective_scan_chunked
 from models.selective_scan.cuda_backend import cuda_unavailable_reason
@@ -18,7 +19,7 @@ from models.selective_scan.reference import selective_scan_ref
 from models.selective_scan.triton_backend import selective_scan_triton, triton_unavailable_reason
 from utils.errors import UserError
 
-BACKENDS = ("auto", "torch", "ref", "cuda", "triton", "cpp")
+BACKENDS = SCAN_BACKENDS  # defined torch-free in models.config, for options/ and param.py
 _IMPLEMENTATIONS = {"torch": selective_scan_chunked, "ref": selective_scan_ref,
                     "cuda": cuda_backend.selective_scan_cuda, "triton": selective_scan_triton,
                     "cpp": cpu_kernel.selective_scan_cpp}
@@ -55,8 +56,7 @@ def resolve_backend(name, device):
 
     Raises UserError for an unknown name or for 'cuda', 'triton' or 'cpp' where it cannot run.
     """
-    if name not in BACKENDS:
-        raise UserError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    check_scan_backend(name)
     device_type = torch.device(device).type
     reason = cuda_unavailable_reason(device) if name in ("auto", "cuda") else None
     if name == "cuda" and reason is not None:

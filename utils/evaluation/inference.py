@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader
 from data.image_tensor import to_uint8
 from data.single_dataset import SingleDataset
 from models import HybriMamba, forward_padded
-from models.checkpoint import WeightsMismatch, load_checkpoint, load_weights
+from models.checkpoint import WeightsMismatch, load_checkpoint, load_weights, stored_config
+from models.config import HybriMambaConfig
 from models.selective_scan import resolve_backend
-from options.base_options import NETWORK_OPTIONS, network_config
+from options.base_options import network_config
 from options.test_options import TestOptions
 from utils.errors import UserError
 from utils.evaluation.folder_eval import evaluate_folders, summary_lines, write_csv
@@ -64,40 +65,36 @@ def select_device(gpus, cuda_available=None):
 
 
 def network_options(opt, stored):
-    """(HybriMamba keyword arguments, notices): a checkpoint's ``stored`` options dict wins over the
-    command line; without one (a bare state_dict) the command-line values (default: the paper's) are used.
+    """(HybriMambaConfig, notices): the config a checkpoint stores (``stored``, from ``stored_config``) wins
+    over the command line; without one (a bare state_dict) the command line's (default: the paper's) is used.
     """
     config = network_config(opt)
-    if not isinstance(stored, dict):
+    if stored is None:
         return config, []
-    defaults = TestOptions().defaults()
-    notices = []
-    for key in NETWORK_OPTIONS:
-        if key not in stored:
-            continue
-        if config[key] != defaults[key] and config[key] != stored[key]:
-            notices.append(f"--{key} {config[key]} ignored: the checkpoint was trained with {key} {stored[key]}")
-        config[key] = type(defaults[key])(stored[key])
-    return config, notices
+    default = HybriMambaConfig()
+    notices = [f"--{f.name} {getattr(config, f.name)} ignored: the checkpoint was trained with {f.name} "
+               f"{getattr(stored, f.name)}" for f in HybriMambaConfig.option_fields()
+               if getattr(config, f.name) not in (getattr(default, f.name), getattr(stored, f.name))]
+    return stored, notices
 
 
 def build_model(opt, device):
     """(HybriMamba in eval mode on ``device`` with the checkpoint's weights, one-line description)."""
     path = opt.pretrain_model_path
     ckpt = load_checkpoint(path)
-    stored = ckpt.get("options") if isinstance(ckpt, dict) else None
+    stored = stored_config(ckpt, path)
     config, notices = network_options(opt, stored)
     for line in notices:
         log.warning(f"notice: {line}")
-    model = HybriMamba(**config, scan_backend=opt.scan_backend)
+    model = HybriMamba(config, scan_backend=opt.scan_backend)
     try:
         what = load_weights(model, path, prefer_ema=not opt.no_ema, ckpt=ckpt)
     except WeightsMismatch as err:
-        if isinstance(stored, dict):  # load_weights already named the stored configuration
+        if stored is not None:  # load_weights already named the stored configuration
             raise
-        flags = "/".join(f"--{k}" for k in NETWORK_OPTIONS)
+        flags = "/".join(f"--{f.name}" for f in HybriMambaConfig.option_fields())
         raise UserError(f"{err}; it stores no network options, so pass the {flags} it was trained with") from None
-    shape = " ".join(f"{k} {v}" for k, v in config.items())
+    shape = " ".join(f"{f.name} {getattr(config, f.name)}" for f in HybriMambaConfig.option_fields())
     model = model.eval().to(device)
     if opt.compile:
         model.compile()

@@ -218,7 +218,7 @@ class Trainer:
 
         # Same initial weights on every rank; then one RNG stream per rank.
         seed_everything(opt.seed)
-        net = HybriMamba(**network_config(opt), scan_backend=opt.scan_backend)
+        net = HybriMamba(network_config(opt), scan_backend=opt.scan_backend)
         net.set_activation_checkpointing(opt.activation_checkpointing)
         resume_from = self._checkpoint_to_resume()
         if opt.pretrain_model_path and not resume_from:
