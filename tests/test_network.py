@@ -350,13 +350,3 @@ def test_unknown_scan_backend_is_the_same_user_error_everywhere():
         with pytest.raises(UserError) as err:
             build()
         assert str(err.value) == message
-
-
-def test_models_package_needs_only_the_bottom_layer_of_utils():
-    # models/ takes UserError from utils.errors (torch-free, imports nothing of ours) and nothing else of utils/.
-    code = ("import sys, torch; from models import HybriMamba; "
-            "HybriMamba(embed_dim=4, depth=1, n_layers=1, scan_backend='torch')(torch.zeros(1, 3, 8, 8)); "
-            "print(sorted(m for m in sys.modules if m == 'utils' or m.startswith('utils.')))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "['utils', 'utils.errors']"
