@@ -1,7 +1,5 @@
 """The HybriMamba network against independent re-derivations of the spec (ARCHITECTURE.md 2-3)."""
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ from models.fwm import FWM
 from models.haar import haar_dwt, haar_idwt
 from models.image_ssm import ImageSSM, SymmetryEnhancement, cross_merge, cross_scan
 from models.selective_scan import resolve_backend
-from tests.conftest import ROOT
 from utils.errors import UserError
 
 TINY = dict(embed_dim=8, depth=1, n_layers=1)
