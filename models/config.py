@@ -84,16 +84,8 @@ class HybriMambaConfig:
         return " ".join(f"--{f.name} {getattr(self, f.name)}" for f in self.option_fields())
 
 
-def parse_field_value(f, text):
-    """argparse type of field ``f``'s flag: the number, or ``ValueError`` with argparse's message."""
-    value = f.metadata["type"](text)
-    problem = _bounds_problem(f, value)
-    if problem:
-        raise ValueError(f"{problem}, got {text}")
-    return value
-
-
-def _bounds_problem(f, value):
+def bounds_problem(f, value):
+    """What is wrong with the number ``value`` for field ``f`` ('must be > 0', ...), or None."""
     if not math.isfinite(value):
         return "must be a finite number"
     if not value > 0:
@@ -113,7 +105,7 @@ def _validated(values, source):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
             raise UserError(f"{source}: network option {name} = {value!r} must be "
                             f"{'an integer' if kind is int else 'a number'}")
-        problem = _bounds_problem(fields[name], kind(value))
+        problem = bounds_problem(fields[name], kind(value))
         if problem:
             raise UserError(f"{source}: network option {name} = {value!r} {problem}")
         out[name] = kind(value)

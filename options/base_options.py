@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.config import SCAN_BACKENDS, HybriMambaConfig, parse_field_value
+from models.config import SCAN_BACKENDS, HybriMambaConfig, bounds_problem
 from utils.errors import UserError
 
 
@@ -57,10 +57,11 @@ def positive(kind):
 def network_field_type(f):
     """argparse type of the flag of ``HybriMambaConfig`` field ``f``: its number type and bounds."""
     def parse(text):
-        try:
-            return parse_field_value(f, text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
+        value = f.metadata["type"](text)
+        problem = bounds_problem(f, value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
     parse.__name__ = f.metadata["type"].__name__
     return parse
 
