@@ -5,7 +5,7 @@ from torch.utils.data import Dataset
 
 from data.degradation import resize_bicubic
 from data.image_tensor import to_tensor
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 from utils.image_io import pair_by_stem, read_rgb
 
 
@@ -22,9 +22,8 @@ class PairedDataset(Dataset):
     def __init__(self, lr_root, hr_root, load_size=128):
         pairs, missing = pair_by_stem(hr_root, lr_root, allow_missing=True)
         if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise UserError(f"{len(missing)} image(s) without a partner between {lr_root} and {hr_root} "
-                            f"({shown}); LR and HR files are paired by file name, make the folders match")
+                            f"({first_few(missing)}); LR and HR files are paired by file name, make the folders match")
         self.pairs = [(lr, hr) for _, hr, lr in pairs]
         self.load_size = load_size
 

@@ -25,11 +25,10 @@ import torch
 
 from models.config import HybriMambaConfig
 from models.device import unwrap
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 
 log = logging.getLogger("hybrimamba")
 MODULE_PREFIX = "module."
-SHOWN_KEYS = 5
 CHECKSUMMED = ("model", "ema")
 # The temporary name save_checkpoint writes to: .<final name>.<pid>.<8 hex digits>.tmp
 TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
@@ -74,7 +73,7 @@ def check_finite(state, source):
     """A state_dict with NaN or inf values raises ``UserError`` naming those tensors."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise UserError(f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {_shown(bad)}; "
+        raise UserError(f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {first_few(bad)}; "
                         f"these weights are unusable, use an earlier checkpoint")
 
 
@@ -189,11 +188,6 @@ def _network_config_hint(ckpt, source):
     return ""
 
 
-def _shown(keys):
-    more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
-    return ", ".join(keys[:SHOWN_KEYS]) + more
-
-
 def assign_weights(model, state, source, ckpt=None):
     """Load ``state`` (a state_dict) into ``model`` strictly; a mismatch raises ``WeightsMismatch``,
     NaN or inf values ``UserError``.
@@ -208,7 +202,7 @@ def assign_weights(model, state, source, ckpt=None):
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
-        parts = [f"{label}: {_shown(keys)}" for label, keys in
+        parts = [f"{label}: {first_few(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape (file vs network)", shapes)) if keys]
         raise WeightsMismatch(f"{source}: weights do not fit this network ({'; '.join(parts)})"
                         f"{_network_config_hint(ckpt, source)}")

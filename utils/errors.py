@@ -5,7 +5,15 @@ included) and every script's --help can use it.
 """
 import sys
 
-__all__ = ["UserError", "user_message", "run_cli"]
+__all__ = ["UserError", "first_few", "run_cli", "user_message"]
+SHOWN = 5
+
+
+def first_few(items, limit=SHOWN):
+    """The first ``limit`` items (as str) joined by ', ', then '(+k more)' for the rest: a list that keeps
+    a one-line message one line."""
+    items = [str(item) for item in items]
+    return ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 class UserError(Exception):

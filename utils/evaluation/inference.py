@@ -19,7 +19,7 @@ from models.config import HybriMambaConfig
 from models.selective_scan import resolve_backend
 from options.base_options import network_config
 from options.test_options import TestOptions
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 from utils.evaluation.folder_eval import evaluate_folders, summary_lines, write_csv
 from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
@@ -30,11 +30,6 @@ log = logging.getLogger("hybrimamba")
 OUTPUT_SUFFIX = ".png"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
-SHOWN = 5
-
-
-def _shown(names):
-    return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
 
 
 @contextlib.contextmanager
@@ -106,7 +101,7 @@ def check_ground_truth(hr_dir, stems, load_size):
     hr = index_by_stem(hr_dir)
     missing = [s for s in stems if s not in hr]
     if missing:
-        raise UserError(f"{hr_dir}: no ground truth for {len(missing)} input(s) ({_shown(missing)}); "
+        raise UserError(f"{hr_dir}: no ground truth for {len(missing)} input(s) ({first_few(missing)}); "
                         f"HR images are paired with the inputs by file stem")
     for stem in stems:
         with contextlib.suppress(OSError):  # files PIL cannot parse are reported by the evaluation
@@ -143,7 +138,7 @@ def forward_checked(model, lr, paths, device):
                         f"--batch_size (now {len(paths)}) or --load_size (now {size})") from None
     bad = [path for path, out in zip(paths, sr) if not bool(torch.isfinite(out).all())]
     if bad:
-        raise UserError(f"non-finite output (NaN or inf) for {_shown(bad)}: the weights overflow on these inputs; "
+        raise UserError(f"non-finite output (NaN or inf) for {first_few(bad)}: the weights overflow on these inputs; "
                         f"use an earlier checkpoint")
     return sr
 
@@ -213,9 +208,9 @@ def _run_test(opt, progress):
         check_ground_truth(opt.hr_dir, stems, opt.load_size)
         if leftovers:
             raise UserError(f"{save_dir}: holds {len(leftovers)} image(s) not made from {opt.dataroot} "
-                            f"({_shown(leftovers)}) that would be scored too; empty it or choose another --save_as_dir")
+                            f"({first_few(leftovers)}) that would be scored too; empty it or choose another --save_as_dir")
     elif leftovers:
-        log.warning(f"notice: {save_dir} also holds {len(leftovers)} other image(s) ({_shown(leftovers)})")
+        log.warning(f"notice: {save_dir} also holds {len(leftovers)} other image(s) ({first_few(leftovers)})")
     resolve_backend(opt.scan_backend, device)
     lpips_model = None
     if opt.lpips:

@@ -13,7 +13,7 @@ import torch
 
 from data.image_tensor import to_tensor
 from models.device import resolve_device
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 
 LPIPS_NETS = ("alex", "vgg")
 BACKBONE_ENV = "HYBRIMAMBA_LPIPS_BACKBONE"
@@ -49,8 +49,7 @@ def load_backbone(lpips_model, state, path):
     net = lpips_model.pnet_type
     missing = [k for k in key_map if k not in state]
     if missing:
-        raise UserError(f"{path}: missing backbone keys {', '.join(missing[:4])}"
-                        f"{' ...' if len(missing) > 4 else ''}; expected a torchvision '{net}' state_dict")
+        raise UserError(f"{path}: missing backbone keys {first_few(missing, 4)}; expected a torchvision '{net}' state_dict")
     own = lpips_model.net.state_dict()
     wrong = [k for k, name in key_map.items() if state[k].shape != own[name].shape]
     if wrong:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import remove_interrupted_saves
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 
 SHOWN = 4
 
@@ -25,7 +25,7 @@ def _describe(checkpoints):
         iteration = _latest_iteration(path) if path.name == "latest.pt" else None
         names.append(path.name if iteration is None else f"{path.name} at iteration {iteration}")
     names.sort(key=lambda name: not name.startswith("latest.pt"))
-    return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
+    return first_few(names, SHOWN)
 
 
 def _aside(folder, stamp):
