@@ -23,9 +23,8 @@ from models.fwm import FourierBranch, WaveletBranch
 from models.image_ssm import DIRECTIONS, ImageSSM
 from models.lem import LEM
 from models.norms import RMSNorm
+from models.paper import HYBRIMAMBA as PAPER
 from models.sampling import Downsample, Upsample
-
-PAPER = {"params": 15.1e6, "flops": 19.7e9}
 
 # Parameter kinds, matched on the nearest enclosing module of these classes.
 _KINDS = (
@@ -180,12 +179,12 @@ def format_report(stats, latency=None, device=None, backend=None):
     lines += [
         "",
         "paper (Table 1) vs this implementation",
-        f"  params: paper {PAPER['params'] / m:.1f} M, ours {stats['params'] / m:.2f} M "
+        f"  params: paper {PAPER.params / m:.1f} M, ours {stats['params'] / m:.2f} M "
         f"({stats['params'] / m - stats['params_per_stage'].get('dec3', 0) / m:.2f} M without the last decoder stage).",
         "    Ours builds and runs the last decoder stage (the authors' code builds it but never calls it,",
         "    so a parameter count of their running graph can leave it out); the rest of the gap is not",
         "    explained by the published description (the 3x3 wavelet conv on d_inner channels dominates).",
-        f"  FLOPs:  paper {PAPER['flops'] / g:.1f} G, ours {stats['macs'] / g:.2f} G MACs = {stats['flops'] / g:.2f} G FLOPs; "
+        f"  FLOPs:  paper {PAPER.flops / g:.1f} G, ours {stats['macs'] / g:.2f} G MACs = {stats['flops'] / g:.2f} G FLOPs; "
         f"thop alone counts {thop_macs / g:.2f} G MACs.",
         f"    thop on the graph the authors' code runs (no last decoder stage): {authors_graph / g:.2f} G MACs.",
         "    The paper's '19.7G' is most likely such a thop count, i.e. MACs (thop and fvcore report MACs",
