@@ -57,7 +57,7 @@ MUTATIONS = (
              "odd sides zero-padded at the start instead of the end"),
     Mutation("leaky_slope", "models/hybrimamba.py", "LEAKY_SLOPE = 0.01", "LEAKY_SLOPE = 0.2", ORACLE,
              "LeakyReLU slope 0.2 instead of PyTorch's default 0.01"),
-    Mutation("resume_rng", "utils/training/trainer.py", "        set_rng_state(rngs[self.plan.rank % len(rngs)])\n", "",
+    Mutation("resume_rng", "utils/training/state.py", "        set_rng_state(rngs[self.plan.rank % len(rngs)])\n", "",
              RESUME, "resume no longer restores the RNG states"),
     Mutation("autocast_off", "utils/training/trainer.py", "enabled=self.amp_dtype is not None)", "enabled=False)", BF16,
              "--amp bf16 with autocast disabled inside the trainer"),

@@ -28,7 +28,8 @@ from utils.training.data import ResumableSampler, SeededSamples
 from utils.training.distributed import plan_devices
 from utils.training.ema import ModelEMA
 from utils.training.logger import image_grid
-from utils.training.trainer import NonFiniteError, Trainer, rng_state, set_rng_state, train
+from utils.training.state import rng_state, set_rng_state
+from utils.training.trainer import NonFiniteError, Trainer, train
 
 SIZE = 16
 TINY = ["--embed_dim", "8", "--depth", "1", "--n_layers", "1"]
