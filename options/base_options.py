@@ -115,7 +115,8 @@ class BaseOptions:
                              "set CUDA_VISIBLE_DEVICES to choose which); 0 or no CUDA = CPU. "
                              "Under torchrun each process uses one GPU and this only switches CPU (0) vs GPU")
         hw.add_argument("--num_threads", type=non_negative(int), default=default_loader_workers(),
-                        help="DataLoader worker processes (0 = load in the main process)")
+                        help="DataLoader worker processes (0 = load in the main process); not torch's threads, "
+                             "which OMP_NUM_THREADS sets")
         hw.add_argument("--scan_backend", choices=SCAN_BACKENDS, default="auto",
                         help="selective-scan implementation: auto = cuda (mamba-ssm) on GPU if installed, else "
                              "triton on GPU; on CPU the compiled cpp scan if it builds; else torch")

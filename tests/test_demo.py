@@ -166,6 +166,9 @@ def test_demo_options_are_checked():
         demo.parse_args(["--load_size", "26"])
     with pytest.raises(UserError, match="--iters 0"):
         demo.parse_args(["--iters", "0"])
+    # --torch_threads sets torch's threads (train.py's --num_threads counts DataLoader workers); --threads: old name
+    assert demo.parse_args(["--torch_threads", "3"]).torch_threads == 3
+    assert demo.parse_args(["--threads", "2"]).torch_threads == 2
 
 
 def test_output_folder_is_reused_only_when_the_demo_made_it(tmp_path):

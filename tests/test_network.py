@@ -324,7 +324,7 @@ def test_both_leaky_relus_have_slope_0_01():
 
 def test_cross_merge_and_symmetry_stay_float32_under_bf16_autocast():
     torch.manual_seed(0)
-    ssm = ImageSSM(8, d_state=4, scan_backend="torch")
+    ssm = ImageSSM(8, d_state=4, dt_rank=1, scan_backend="torch")
     x = torch.randn(1, 8, 4, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = ssm(x.bfloat16())
