@@ -1,5 +1,6 @@
 """The HybriMamba network against independent re-derivations of the spec (ARCHITECTURE.md 2-3)."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -347,3 +348,15 @@ def test_unknown_scan_backend_is_the_same_user_error_everywhere():
         with pytest.raises(UserError) as err:
             build()
         assert str(err.value) == message
+
+
+def test_models_lists_each_box_with_its_module_and_imports_it_on_first_use():
+    import models
+
+    boxes = [name for name in models.__all__ if isinstance(getattr(models, name), type)
+             and issubclass(getattr(models, name), nn.Module)]
+    assert len(boxes) == 11
+    for name in boxes:
+        assert re.search(rf"\b{name}\b.*\b{getattr(models, name).__module__}\b", models.__doc__), name
+    with pytest.raises(AttributeError):
+        models.NoSuchBox  # noqa: B018
