@@ -34,7 +34,8 @@ class PairedDataset(Dataset):
         lr_path, hr_path = self.pairs[index]
         hr = read_rgb(hr_path)
         if hr.shape[:2] != (self.load_size, self.load_size):
-            raise UserError(f"{hr_path}: HR is {hr.shape[1]}x{hr.shape[0]}, expected {self.load_size}x{self.load_size}; "
+            raise UserError(f"{hr_path}: HR is {hr.shape[1]}x{hr.shape[0]}, expected "
+                            f"{self.load_size}x{self.load_size}; "
                             f"prepare HR crops with python -m data.prepare_celeba or set --load_size")
         size = (self.load_size, self.load_size)
         lr = np.asarray(resize_bicubic(Image.fromarray(read_rgb(lr_path)), size))

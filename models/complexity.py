@@ -43,7 +43,8 @@ _KINDS = (
 
 def parameter_breakdown(model):
     """(per top-level child, per kind) parameter counts as two ordered dicts."""
-    per_child = OrderedDict((name, sum(p.numel() for p in child.parameters())) for name, child in model.named_children())
+    per_child = OrderedDict((name, sum(p.numel() for p in child.parameters()))
+                            for name, child in model.named_children())
     per_kind = defaultdict(int)
 
     def visit(module):
@@ -173,7 +174,8 @@ def format_report(stats, latency=None, device=None, backend=None):
     lines += ["", f"{'parameters by kind':<52}{'(M)':>10}"]
     lines += [f"  {kind:<50}{n / m:>10.3f}" for kind, n in stats["params_per_kind"].items()]
     lines += ["", f"{'operations by kind':<40}{'MACs (G)':>11}{'FLOPs (G)':>11}"]
-    lines += [f"  {kind:<38}{macs / g:>11.3f}{flops / g:>11.3f}" for kind, (macs, flops) in stats["ops_per_kind"].items()]
+    lines += [f"  {kind:<38}{macs / g:>11.3f}{flops / g:>11.3f}"
+              for kind, (macs, flops) in stats["ops_per_kind"].items()]
     thop_macs = stats["ops_per_kind"]["thop (conv/linear/norm)"][0]
     authors_graph = thop_macs - stats["thop_macs_per_stage"].get("dec3", 0.0)
     lines += [
@@ -184,7 +186,8 @@ def format_report(stats, latency=None, device=None, backend=None):
         "    Ours builds and runs the last decoder stage (the authors' code builds it but never calls it,",
         "    so a parameter count of their running graph can leave it out); the rest of the gap is not",
         "    explained by the published description (the 3x3 wavelet conv on d_inner channels dominates).",
-        f"  FLOPs:  paper {PAPER.flops / g:.1f} G, ours {stats['macs'] / g:.2f} G MACs = {stats['flops'] / g:.2f} G FLOPs; "
+        f"  FLOPs:  paper {PAPER.flops / g:.1f} G, ours {stats['macs'] / g:.2f} G MACs = "
+        f"{stats['flops'] / g:.2f} G FLOPs; "
         f"thop alone counts {thop_macs / g:.2f} G MACs.",
         f"    thop on the graph the authors' code runs (no last decoder stage): {authors_graph / g:.2f} G MACs.",
         "    The paper's '19.7G' is most likely such a thop count, i.e. MACs (thop and fvcore report MACs",

@@ -99,7 +99,8 @@ class ImageSSM(nn.Module):
         precise = torch.promote_types(self.A_logs.dtype, torch.float32)
         ys = selective_scan(
             xs.reshape(b, k * d, -1), dts.reshape(b, k * d, -1), -torch.exp(self.A_logs.to(precise)),
-            bs.contiguous(), cs.contiguous(), D=self.Ds.to(precise), delta_bias=self.dt_proj_bias.reshape(-1).to(precise),
+            bs.contiguous(), cs.contiguous(), D=self.Ds.to(precise),
+            delta_bias=self.dt_proj_bias.reshape(-1).to(precise),
             delta_softplus=True, backend=self.scan_backend,
         )
         # The merge and the symmetry step stay in float32 under autocast, like the scan's arithmetic.

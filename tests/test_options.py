@@ -200,4 +200,5 @@ def test_default_loader_workers_fit_the_cpus(monkeypatch, cpus, workers):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     opt = TestOptions().parse(["--dataroot", "lr", "--pretrain_model_path", "m.pt"])
     assert opt.num_threads == workers
-    assert TestOptions().parse(["--dataroot", "lr", "--pretrain_model_path", "m.pt", "--num_threads", "6"]).num_threads == 6
+    opt = TestOptions().parse(["--dataroot", "lr", "--pretrain_model_path", "m.pt", "--num_threads", "6"])
+    assert opt.num_threads == 6

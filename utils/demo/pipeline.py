@@ -49,13 +49,15 @@ def parse_args(argv=None):
                "  HYBRIMAMBA_LPIPS_BACKBONE=alexnet.pth python -m utils.demo   # LPIPS offline",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--out", default="demo_output", help="folder for everything the demo writes (default: %(default)s)")
+    data.add_argument("--out", default="demo_output",
+                      help="folder for everything the demo writes (default: %(default)s)")
     data.add_argument("--dataroot", default=None,
                       help="your own HR faces (searched recursively) instead of the built-in ones; evenly spaced "
                            "images are held out")
     data.add_argument("--load_size", type=int, default=24, help="HR side in pixels (default: %(default)s; the "
                       "built-in faces allow up to 24)")
-    data.add_argument("--scale", type=int, default=4, help="super-resolution factor (default: %(default)s: 6x6 -> 24x24)")
+    data.add_argument("--scale", type=int, default=4,
+                      help="super-resolution factor (default: %(default)s: 6x6 -> 24x24)")
     train = p.add_argument_group("training")
     train.add_argument("--iters", type=int, default=300, help="training iterations (default: %(default)s)")
     train.add_argument("--batch_size", type=int, default=16, help="default: %(default)s")
@@ -165,10 +167,12 @@ def lpips_backbone(args, size):
 
 
 def score_table(args, size, hr_dir, dataset, folders, table):
-    """Run utils.evaluation.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if it fails)."""
+    """Run utils.evaluation.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if
+    it fails)."""
     lpips_flags, lpips_note = lpips_backbone(args, size)
     print(lpips_note)
-    table_args = ["-m", "utils.evaluation.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders, "--out", table]
+    table_args = ["-m", "utils.evaluation.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders,
+                  "--out", table]
     try:
         run(table_args + lpips_flags, "scoring", args.torch_threads)
     except UserError:

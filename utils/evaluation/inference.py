@@ -208,7 +208,8 @@ def _run_test(opt, progress):
         check_ground_truth(opt.hr_dir, stems, opt.load_size)
         if leftovers:
             raise UserError(f"{save_dir}: holds {len(leftovers)} image(s) not made from {opt.dataroot} "
-                            f"({first_few(leftovers)}) that would be scored too; empty it or choose another --save_as_dir")
+                            f"({first_few(leftovers)}) that would be scored too; empty it or choose another "
+                            f"--save_as_dir")
     elif leftovers:
         log.warning(f"notice: {save_dir} also holds {len(leftovers)} other image(s) ({first_few(leftovers)})")
     resolve_backend(opt.scan_backend, device)

@@ -50,7 +50,8 @@ def dataset_groups(args):
         sr_groups = [args.sr_dir]
     elif args.sr_dirs:
         if len(args.sr_dirs) != len(hr_dirs):
-            raise UserError(f"{len(hr_dirs)} --hr_dir but {len(args.sr_dirs)} --sr_dirs; give one --sr_dirs per dataset")
+            raise UserError(f"{len(hr_dirs)} --hr_dir but {len(args.sr_dirs)} --sr_dirs; give one --sr_dirs per "
+                            f"dataset")
         sr_groups = args.sr_dirs
     elif args.bicubic:
         sr_groups = [[] for _ in hr_dirs]
@@ -99,12 +100,14 @@ def markdown_table(datasets, results, stats, with_paper):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="PSNR/SSIM/LPIPS of SR folders against HR folders as a Markdown "
                                             "table in the layout of the paper's Table 1.",
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sr_dir", nargs="*", help="SR folders of the (single) dataset; method name = folder name")
     p.add_argument("--hr_dir", action="append", required=True, help="HR folder of a dataset (repeat per dataset)")
     p.add_argument("--dataset_name", action="append", help="column name of each dataset (default: HR folder name)")
     p.add_argument("--sr_dirs", action="append", nargs="+", help="SR folders of the preceding --hr_dir's dataset")
-    p.add_argument("--bicubic", action="store_true", help="add the bicubic baseline, made on the fly from the HR images")
+    p.add_argument("--bicubic", action="store_true",
+                   help="add the bicubic baseline, made on the fly from the HR images")
     p.add_argument("--scale", type=int, default=8, help="scale factor of the bicubic baseline (default 8)")
     p.add_argument("--lpips", action="store_true", help="compute LPIPS (AlexNet) too")
     p.add_argument("--backbone_weights", help="offline torchvision AlexNet state_dict for LPIPS (see calc_lpips.py)")

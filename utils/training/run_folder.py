@@ -56,7 +56,8 @@ def prepare_run_folders(ckpt_dir, exp_dir, resume, overwrite=False):
         return notices
     if not overwrite:
         raise UserError(f"{ckpt_dir} holds the checkpoints of an earlier run ({_describe(checkpoints)}); resume it "
-                        f"with --continue_train, choose a new --name, or pass --overwrite to move the earlier run aside")
+                        f"with --continue_train, choose a new --name, or pass --overwrite to move the earlier run "
+                        f"aside")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
     folders = {f.resolve(): f for f in (ckpt_dir, exp_dir) if f.is_dir()}  # both flags may name one folder

@@ -124,6 +124,14 @@ class TrainingState:
     def current_lr(self):
         return self.optimizer.param_groups[0]["lr"]
 
+    def done(self):
+        """'E epoch(s) and B batch(es) done', the position in words."""
+        return f"{self.epoch} epoch(s) and {self.batch_in_epoch} batch(es) done"
+
+    def saved_now(self):
+        """Whether latest.pt already holds this iteration."""
+        return bool(self.last_saved) and self.last_saved[1] == self.iteration
+
     def advance(self):
         """Count one finished iteration; at the end of an epoch the scheduler steps."""
         self.iteration += 1

@@ -205,17 +205,17 @@ class Trainer:
         value = loss.item()
         if not value <= MAX_SANE_L1:
             raise NonFiniteError(self._stop_message(
-                f"diverged: the weights after iteration {self.state.iteration} give an L1 loss of {value:.3g} on the last "
-                f"batch (above {MAX_SANE_L1:g}: outputs far outside the image range)"))
+                f"diverged: the weights after iteration {self.state.iteration} give an L1 loss of {value:.3g} on the "
+                f"last batch (above {MAX_SANE_L1:g}: outputs far outside the image range)"))
 
     # ----------------------------------------------------------------- training
     def _stop_message(self, what):
+        stopped = f"{what} (epoch {self.state.epoch + 1}); stopped without saving"
         if self.state.last_saved:
-            return (f"{what} (epoch {self.state.epoch + 1}); stopped without saving, the last sane checkpoint "
-                    f"{self.state.last_saved[0]} (iteration {self.state.last_saved[1]}) is kept; resume it with --continue_train "
-                    f"and a lower --lr, or set --grad_clip")
-        return (f"{what} (epoch {self.state.epoch + 1}); stopped without saving, no checkpoint had been written yet; start "
-                f"again with a lower --lr or set --grad_clip")
+            path, iteration = self.state.last_saved
+            return (f"{stopped}, the last sane checkpoint {path} (iteration {iteration}) is kept; resume it with "
+                    f"--continue_train and a lower --lr, or set --grad_clip")
+        return f"{stopped}, no checkpoint had been written yet; start again with a lower --lr or set --grad_clip"
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -236,7 +236,8 @@ class Trainer:
             reported /= self.plan.world_size
         value = reported.item()
         if not np.isfinite(value):
-            raise NonFiniteError(self._stop_message(f"non-finite loss ({value}) at iteration {self.state.iteration + 1}"))
+            raise NonFiniteError(self._stop_message(
+                f"non-finite loss ({value}) at iteration {self.state.iteration + 1}"))
         self.scaler.scale(loss).backward()
         if self.opt.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -296,11 +297,11 @@ class Trainer:
                 return
         if opt.val_dataroot and self.state.iteration % opt.val_freq:
             self.validate_and_keep_best()
-        if not self.state.last_saved or self.state.last_saved[1] != self.state.iteration:
+        if not self.state.saved_now():
             self.save("latest")
         if self.plan.is_main:
-            log.info(f"finished at iteration {self.state.iteration} ({self.state.epoch} epoch(s) and {self.state.batch_in_epoch} "
-                     f"batch(es) done); latest checkpoint {self.ckpt_dir / 'latest.pt'}")
+            log.info(f"finished at iteration {self.state.iteration} ({self.state.done()}); latest checkpoint "
+                     f"{self.ckpt_dir / 'latest.pt'}")
 
     def _periodic_save(self):
         names = [name for name, freq in (("latest", self.opt.save_latest_freq), (f"iter_{self.state.iteration}",
@@ -322,12 +323,11 @@ class Trainer:
         return bool(signum)
 
     def _save_and_report_stop(self):
-        if not self.state.last_saved or self.state.last_saved[1] != self.state.iteration:
+        if not self.state.saved_now():
             self.save("latest")
         if self.plan.is_main:
-            log.warning(f"stopped by {self.stopped_by} after iteration {self.state.iteration} ({self.state.epoch} epoch(s) and "
-                        f"{self.state.batch_in_epoch} batch(es) done); saved {self.ckpt_dir / 'latest.pt'}; resume with "
-                        f"--continue_train (or --continue_train auto)")
+            log.warning(f"stopped by {self.stopped_by} after iteration {self.state.iteration} ({self.state.done()}); "
+                        f"saved {self.ckpt_dir / 'latest.pt'}; resume with --continue_train (or --continue_train auto)")
 
     def _log_progress(self, losses, iters_per_s):
         if not self.plan.is_main:
@@ -338,8 +338,9 @@ class Trainer:
         eta = format_duration((self.total_iterations() - self.state.iteration) / iters_per_s)
         log.info(f"epoch {epoch} iteration {self.state.iteration}: loss {loss:.5f} lr {self.state.current_lr():.3g} "
                  f"{iters_per_s:.2f} it/s ({images_per_s:.1f} images/s) ETA {eta}")
-        self.logger.scalars({"train/loss_l1": loss, "train/lr": self.state.current_lr(), "train/iters_per_s": iters_per_s,
-                             "train/images_per_s": images_per_s}, self.state.iteration)
+        self.logger.scalars({"train/loss_l1": loss, "train/lr": self.state.current_lr(),
+                             "train/iters_per_s": iters_per_s, "train/images_per_s": images_per_s},
+                            self.state.iteration)
 
     # ----------------------------------------------------------------- validation
     def validate_and_keep_best(self):
