@@ -16,16 +16,28 @@ from models.selective_scan import cpu_kernel, cuda_backend
 from models.selective_scan.chunked import selective_scan_chunked
 from models.selective_scan.cuda_backend import cuda_unavailable_reason
 from models.selective_scan.reference import selective_scan_ref
-from models.selective_scan.triton_backend import selective_scan_triton, triton_unavailable_reason
 from utils.errors import UserError
 
 BACKENDS = SCAN_BACKENDS  # defined torch-free in models.config, for options/ and param.py
 _IMPLEMENTATIONS = {"torch": selective_scan_chunked, "ref": selective_scan_ref,
-                    "cuda": cuda_backend.selective_scan_cuda, "triton": selective_scan_triton,
-                    "cpp": cpu_kernel.selective_scan_cpp}
+                    "cuda": cuda_backend.selective_scan_cuda, "cpp": cpu_kernel.selective_scan_cpp}
 _logged = set()
 
 __all__ = ["BACKENDS", "selective_scan", "resolve_backend", "cuda_unavailable_reason", "triton_unavailable_reason"]
+
+
+def _triton():
+    """The triton backend's module, imported on first use: it registers torch custom ops, which need torch
+    2.4, so that older torch runs the other backends (see triton_unavailable_reason)."""
+    from models.selective_scan import triton_backend
+    return triton_backend
+
+
+def triton_unavailable_reason(device):
+    """None if the triton backend can run on tensors on ``device``, else one line why."""
+    if not hasattr(torch.library, "custom_op"):
+        return f"torch {torch.__version__} is too old for the Triton kernels' custom ops (they need torch >= 2.4)"
+    return _triton().triton_unavailable_reason(device)
 
 
 def _cpp_unavailable_reason(device_type):
@@ -85,5 +97,6 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias. Shapes as in the
     module docstring; channel block k (of Dn channels) uses B/C group k.
     """
-    scan = _IMPLEMENTATIONS[resolve_backend(backend, u.device)]
+    name = resolve_backend(backend, u.device)
+    scan = _triton().selective_scan_triton if name == "triton" else _IMPLEMENTATIONS[name]
     return scan(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
