@@ -6,8 +6,9 @@
 #     bash tests/torch_floor.sh                 # the floor (FLOOR_TORCH below)
 #     bash tests/torch_floor.sh 2.5.1 0.20.1    # another torch / torchvision pair
 #
-# KEEP_VENV=DIR keeps the venv in DIR (a rerun reuses it). The Triton backend's tests run only where
-# torch has torch.library.custom_op (2.4): the kernels are registered as custom ops.
+# KEEP_VENV=DIR keeps the venv in DIR (a rerun reuses it). The Triton backend's tests run only with a
+# Triton that has triton.knobs (the one of CI's torch): older Tritons' interpreter cannot run the kernels
+# on the CPU (torch 2.4.1's Triton 3.0 fails on NumPy 2 scalars), so there the backend is unverified.
 set -euo pipefail
 FLOOR_TORCH=2.4.1
 FLOOR_TORCHVISION=0.19.1
@@ -28,7 +29,7 @@ cd "$repo"
 "$venv/bin/python" -c "import torch, torchvision, numpy; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'numpy', numpy.__version__)"
 skip=()
-"$venv/bin/python" -c "import sys, torch; sys.exit(not hasattr(torch.library, 'custom_op'))" \
+"$venv/bin/python" -c "import triton.knobs" 2> /dev/null \
     || skip=(--ignore tests/test_triton_scan.py --ignore tests/interpreter)
 TORCH_EXTENSIONS_DIR="$venv/torch_extensions" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     "${skip[@]}" tests
