@@ -11,6 +11,7 @@ from PIL import Image
 
 from data.prepare_celeba import DEFAULT_BOX
 from models import HybriMamba
+from models.checkpoint import save_checkpoint
 from tests.conftest import ROOT, file_hashes, shared_path
 from utils.demo.faces import astronaut_source
 from utils.errors import UserError
@@ -22,7 +23,6 @@ from utils.photo.detector import FaceDetector
 from utils.photo.outputs import WRITTEN_BY
 from utils.photo.pipeline import LANDMARK_NAMES, enhance_photo
 from utils.photo.restorer import FaceRestorer, load_model
-from utils.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZES = [20, 24, 28, 32, 36, 40, 22, 30]

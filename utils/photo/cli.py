@@ -17,9 +17,9 @@ import cv2
 from options.base_options import SCAN_BACKENDS, OptionParser
 from utils.errors import UserError
 from utils.evaluation.inference import console_logging, select_device
-from utils.evaluation.output_folder import check_output_folder
 from utils.evaluation.pretrained import SHIPPED_MODEL
 from utils.image_io import is_image_file
+from utils.output_folder import check_output_folder
 from utils.photo.detector import MIN_BOX, UPSAMPLE, FaceDetector
 from utils.photo.outputs import PhotoOutputs, write_outputs
 from utils.photo.photo_io import read_photo, upscale

@@ -24,11 +24,11 @@ INSTALL = "pip install requests && pip install --no-deps facenet-pytorch==2.6.0"
 DETECTOR_OFFSET = 0.5
 # Smallest MTCNN face box searched for, in photo pixels. A face framed like a CelebA training crop
 # at f pixels has an MTCNN box of about 0.65 f x 0.95 f. The photo is enlarged UPSAMPLE times
-# (bicubic) before MTCNN sees it, with the smallest box scaled alike, so its image pyramid and cost
-# stay the same (the enlarged copy costs memory: 4x the photo); but its later stages cut each candidate out and resize it to 24 and 48 pixels,
-# and from a bicubic enlargement rather than its own nearest-neighbour one they recover small faces
-# (bench/bench_photo.py, 24 CelebA faces per size: at 16 pixels 23 found instead of 19, at 12
-# pixels 20 instead of 7).
+# (bicubic) before MTCNN sees it, with the smallest box scaled alike, so its image pyramid and
+# network cost stay the same (the enlarged copy costs memory: 4x the photo). But MTCNN's later
+# stages cut each candidate out and resize it to 24 and 48 pixels, and from a bicubic enlargement
+# rather than its own nearest-neighbour one they recover small faces (bench/bench_photo.py, 24
+# CelebA faces per size: at 16 pixels 23 found instead of 19, at 12 pixels 20 instead of 7).
 MIN_BOX = 10
 UPSAMPLE = 2
 PYRAMID_FACTOR = 0.709

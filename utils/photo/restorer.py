@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from data.degradation import resize_bicubic
+from data.image_tensor import to_tensor
 from models import forward_padded
+from models.checkpoint import load_checkpoint
 from options.test_options import TestOptions
 from utils.evaluation.inference import build_model
 from utils.evaluation.pretrained import SHIPPED_MODEL
-from utils.image_tensor import to_tensor
-from utils.training.checkpoint import load_checkpoint
 
 
 def load_model(path=SHIPPED_MODEL, device="cpu", scan_backend="auto"):
