@@ -195,7 +195,8 @@ def main(argv=None):
                                   args.train_step, args.activation_checkpointing)))
         return 0
     print(f"activation memory at {args.size}x{args.size}, paper configuration, {args.amp}, batch {args.batch}, "
-          f"{args.device}, backend {args.backend}{', activation checkpointing' if args.activation_checkpointing else ''}; "
+          f"{args.device}, backend {args.backend}"
+          f"{', activation checkpointing' if args.activation_checkpointing else ''}; "
           f"load average {os.getloadavg()[0]:.1f}")
     results = {}
     for path in args.paths:

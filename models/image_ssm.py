@@ -43,12 +43,13 @@ class ImageSSM(nn.Module):
     merged.
     """
 
-    def __init__(self, d_inner, d_state=8, dt_rank=None, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4,
-                 scan_backend="auto"):
+    def __init__(self, d_inner, *, dt_rank, d_state=8, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4, scan_backend="auto"):
+        # dt_rank has no default: the spec's R = ceil(d / 16) is of the Mamba block's width d, which this
+        # module does not see (MambaBlock passes it).
         super().__init__()
         k = DIRECTIONS
         self.d_state = d_state
-        self.dt_rank = dt_rank or math.ceil(d_inner / 16)
+        self.dt_rank = dt_rank
         self.scan_backend = scan_backend
         self.fused = True
         r = self.dt_rank

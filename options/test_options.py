@@ -1,8 +1,7 @@
 """Options of test.py: super-resolve a folder of faces and, given ground truth, score the results."""
 from options.base_options import BaseOptions, positive
 from utils.errors import UserError
-
-Y_CONVENTIONS = ("truncate", "round", "float")
+from utils.y_conventions import DEFAULT_Y_CONVENTION, Y_CONVENTIONS, short_help
 
 
 class TestOptions(BaseOptions):
@@ -28,7 +27,8 @@ class TestOptions(BaseOptions):
     def add_phase_options(self, parser):
         data = parser.add_argument_group("test data")
         data.add_argument("--dataset_name", choices=("single", "paired"), default="single",
-                          help="single = LR folder only; paired = LR folder (--dataroot) with HR folder (--hr_dir)")
+                          help="single = a folder of LR faces (the seed's value); paired is accepted for older "
+                               "scripts and means the same as single: --hr_dir alone adds the scores")
         data.add_argument("--batch_size", type=positive(int), default=8, help="images per forward pass")
         data.add_argument("--skip_bad_images", action="store_true",
                           help="leave out unreadable inputs with a notice instead of stopping (every input is "
@@ -41,9 +41,8 @@ class TestOptions(BaseOptions):
                          help="use the raw weights of a checkpoint that also holds EMA weights")
         run.add_argument("--hr_dir", default=None,
                          help="ground-truth HR folder; images are paired with the outputs by file stem")
-        run.add_argument("--y_convention", choices=Y_CONVENTIONS, default="truncate",
-                         help="uint8 quantisation of the Y channel for PSNR/SSIM: truncate as the paper's "
-                              "table, round as MATLAB/BasicSR, or float (no quantisation)")
+        run.add_argument("--y_convention", choices=Y_CONVENTIONS, default=DEFAULT_Y_CONVENTION,
+                         help=short_help() + " (python psnr_ssim.py --help says more)")
         run.add_argument("--lpips", action="store_true", help="also report LPIPS (AlexNet) against --hr_dir")
         run.add_argument("--backbone_weights", default=None,
                          help="local ImageNet AlexNet weights for LPIPS (offline machines)")
@@ -58,3 +57,10 @@ class TestOptions(BaseOptions):
             raise UserError("--lpips needs --hr_dir (the ground truth to compare with)")
         if opt.save_as_dir is None:
             opt.save_as_dir = f"result/{opt.name}"
+
+    def notices(self, opt):
+        lines = super().notices(opt)
+        if opt.dataset_name == "paired":
+            lines.append("--dataset_name paired does nothing beyond --hr_dir (the outputs are paired with it by "
+                         "file stem); drop it")
+        return lines

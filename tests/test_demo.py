@@ -1,5 +1,6 @@
 """`make demo`: the face sets it builds (checked against scikit-image and PIL directly) and a smoke
 run of the whole pipeline with a tiny training budget."""
+import json
 import math
 import re
 import socket
@@ -17,6 +18,7 @@ from tests.y_oracle import y_channel
 from utils.demo import faces as demo_faces
 from utils.demo import pipeline as demo
 from utils.errors import UserError
+from utils.photo.outputs import MAX_PANEL_SIDE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +35,7 @@ def lfw_face(index):
 
 def windows_24(face):
     """The 8 possible 24x24 training windows of a 25x25 face (offsets 0/1, mirrored or not)."""
-    crops = [face[t:t + 24, l:l + 24] for t in (0, 1) for l in (0, 1)]
+    crops = [face[top:top + 24, left:left + 24] for top in (0, 1) for left in (0, 1)]
     return crops + [c[:, ::-1] for c in crops]
 
 
@@ -166,6 +168,9 @@ def test_demo_options_are_checked():
         demo.parse_args(["--load_size", "26"])
     with pytest.raises(UserError, match="--iters 0"):
         demo.parse_args(["--iters", "0"])
+    # --torch_threads sets torch's threads (train.py's --num_threads counts DataLoader workers); --threads: old name
+    assert demo.parse_args(["--torch_threads", "3"]).torch_threads == 3
+    assert demo.parse_args(["--threads", "2"]).torch_threads == 2
 
 
 def test_output_folder_is_reused_only_when_the_demo_made_it(tmp_path):
@@ -201,7 +206,8 @@ def test_lpips_is_used_only_where_it_can_run(tmp_path, monkeypatch):
     cached.write_bytes(b"")
     assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)[0] == ["--lpips"]
     monkeypatch.setenv("HYBRIMAMBA_LPIPS_BACKBONE", "alex.pth")
-    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)[0] == ["--lpips", "--backbone_weights", "alex.pth"]
+    flags = demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)[0]
+    assert flags == ["--lpips", "--backbone_weights", "alex.pth"]
 
 
 def y_psnr(gt, sr):
@@ -209,14 +215,19 @@ def y_psnr(gt, sr):
     return 10 * math.log10(255 ** 2 / np.mean((y_channel(gt) - y_channel(sr)) ** 2))
 
 
+def table_rows(markdown):
+    """The body rows of a results table (after its header and rule; the caption under it is not a row)."""
+    return [line for line in markdown.splitlines() if line.startswith("|")][2:]
+
+
 def test_demo_smoke_run_writes_every_output(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "utils.demo", "--out", str(out), "--iters", "1", "--batch_size", "4",
-                           "--skip_check"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+                           "--skip_check"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = done.stdout
-    for step in range(1, 7):
-        assert f"=== step {step}/6" in text
+    for step in range(1, 8):
+        assert f"=== step {step}/7" in text
     assert "LPIPS skipped: its AlexNet needs images of at least 31x31" in text
     assert re.search(r"the demo took [\d.]+ min \(faces \d+ s, training \d+ s", text)
 
@@ -236,14 +247,25 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
     assert load(out / "faces" / "astronaut_lr" / "astronaut.png").shape == (16, 16, 3)
     for folder in ("Bicubic", "HybriMamba"):
         assert load(x8 / folder / "astronaut.png").shape == (128, 128, 3)
-    x8_rows = [line.split("|")[1].strip() for line in (x8 / "table.md").read_text().splitlines()[2:]]
+    x8_rows = [line.split("|")[1].strip() for line in table_rows((x8 / "table.md").read_text())]
     assert x8_rows == ["Bicubic", "HybriMamba"]
     # one face: a 24-pixel caption band over LR | bicubic | SR | HR tiles of 128 pixels
     assert load(x8 / "side_by_side.png").shape == (24 + 128, 4 * 128, 3)
 
+    # The shipped model on the group photo through enhance.py: its outputs and each face's score.
+    photo = out / "results" / "photo"
+    group = load(out / "faces" / "group_photo" / "group.png")
+    assert load(photo / "group.png").shape == (group.shape[0] * 8, group.shape[1] * 8, 3)
+    assert len(json.loads((photo / "group.json").read_text())["faces"]) == len(demo_faces.GROUP_SIZES)
+    # input | bicubic | result, each reduced to at most MAX_PANEL_SIDE pixels (the x8 photo is 1728 wide)
+    assert load(photo / "group_side_by_side.png").shape[1] == 3 * min(MAX_PANEL_SIDE, group.shape[1] * 8)
+    assert load(photo / "closeup.png").shape == (3 * (24 + 160) + 2 * 4, 4 * 160, 3)
+    scores = re.findall(r"face \d \( ?(\d+) px\): bicubic ([\d.]+) dB, enhance.py ([\d.]+) dB", text)
+    assert [int(s[0]) for s in scores] == list(demo_faces.GROUP_SIZES)
+
     table = (out / "results" / "table.md").read_text()
     assert table in text.replace("\r", "")
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    rows = {line.split("|")[1].strip(): line for line in table_rows(table)}
     assert sorted(rows) == ["Bicubic", "HybriMamba"]
 
     def mean_psnr(folder):

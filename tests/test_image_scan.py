@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from models import HybriMamba
-from models.selective_scan import cpu_kernel, image_scan, triton_backend
+from models.selective_scan import cpu_kernel, image_scan
 from models.selective_scan.cpu_kernel import image_selective_scan_cpp
 from models.selective_scan.image_scan import image_selective_scan
 from tests.test_selective_scan import relative_error
@@ -178,6 +178,8 @@ def test_shapes_are_checked_with_a_clear_message():
 def test_triton_runs_its_fused_kernel_when_it_has_one(monkeypatch):
     """The dispatcher routes to the triton module's fused entry point (with row-major tensors, the layout
     its kernels index), or falls back to the unfused path."""
+    from models.selective_scan import triton_backend  # registers torch custom ops: imported where needed
+
     monkeypatch.delattr(triton_backend, "image_selective_scan_triton", raising=False)
     assert image_scan.fused_implementation("triton") is None
     calls = []

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from models import HybriMamba
-from tests.conftest import ROOT, shared_path
+from models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from tests.conftest import ROOT
 from utils.demo.faces import astronaut_face
 from utils.errors import UserError
-from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.training.export_model import export_model
 
 SHIPPED = ROOT / "pretrained" / "HybriMamba-tiny-x8.pt"

@@ -2,8 +2,9 @@
 
 ``image_selective_scan(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, backend="auto")``:
 x (Bt, Dn, H, W), pixels p = h*W + w; x_dbl (Bt, K=4, R+2N, H*W): the x_proj projections of direction k
-at each pixel p (in memory row-major, or pixel-major as the network makes it), rows [0, R) dt, [R, R+N) B, [R+N, R+2N) C; dt_proj_weight
-(K, Dn, R); dt_proj_bias (K, Dn); A (K*Dn, N) (already -exp(A_log)); D (K*Dn,). Direction k visits the
+at each pixel p (in memory row-major, or pixel-major as the network makes it), rows [0, R) dt,
+[R, R+N) B, [R+N, R+2N) C; dt_proj_weight (K, Dn, R); dt_proj_bias (K, Dn); A (K*Dn, N) (already
+-exp(A_log)); D (K*Dn,). Direction k visits the
 pixels in the order k=0 row-major, k=1 column-major, k=2 and k=3 the reverse of k=0 and k=1. Per
 direction: delta = softplus(dt_proj_weight[k] @ dt + bias[k]), then the selective scan of x's pixels in
 that order. Result: y (Bt, Dn, H, W), float32 (float64 for float64 x), the sum over k of each
@@ -16,7 +17,7 @@ kernels are tested against.
 """
 import torch
 
-from models.selective_scan import cpu_kernel, resolve_backend, selective_scan, triton_backend
+from models.selective_scan import _triton, cpu_kernel, resolve_backend, selective_scan
 
 DIRECTIONS = 4  # row-major, column-major, and both reversed
 
@@ -95,7 +96,7 @@ def fused_implementation(backend):
     if backend == "cpp":
         return cpu_kernel.image_selective_scan_cpp
     if backend == "triton":
-        fused = getattr(triton_backend, "image_selective_scan_triton", None)
+        fused = getattr(_triton(), "image_selective_scan_triton", None)
         # Its kernels index the agreed layouts: row-major x and x_dbl (the network's are channels-last).
         return None if fused is None else lambda x, x_dbl, *rest: fused(x.contiguous(), x_dbl.contiguous(), *rest)
     return None

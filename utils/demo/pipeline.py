@@ -9,11 +9,15 @@
    ``python -m utils.evaluation.results_table``, and a picture with ``python -m utils.evaluation.side_by_side``;
 5. the shipped 8x model (``pretrained/``) on a real colour face: scikit-image's astronaut, framed
    like a CelebA test crop, 16x16 -> 128x128, scored and pictured beside bicubic;
-6. the check: the demo's model must beat bicubic PSNR on the held-out faces (exit code 1 if not).
+6. the same model on a photo with six small faces (the astronaut at 16 to 40 pixels, turned and
+   mirrored) with ``enhance.py``: detected, aligned, restored, pasted back into the photo enlarged 8x;
+   each face region scored against the 8x ground truth beside bicubic, and pictured;
+7. the check: the demo's model must beat bicubic PSNR on the held-out faces (exit code 1 if not).
 
 Every step runs the project's own command-line tools in a subprocess, exactly as a user would.
 """
 import argparse
+import importlib.util
 import math
 import os
 import shlex
@@ -24,9 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-from utils.demo.faces import astronaut_face, build_builtin_faces, build_user_faces
+import numpy as np
+from PIL import Image
+
+from utils.demo.faces import GROUP_SIZES, astronaut_face, astronaut_group_photo, build_builtin_faces, build_user_faces
 from utils.errors import UserError
-from utils.image_io import write_rgb
+from utils.evaluation.pretrained import SHIPPED_MODEL
+from utils.image_io import read_rgb, write_rgb
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = ".hybrimamba_demo"  # marks a folder as the demo's own, so a rerun may empty it
@@ -38,8 +46,10 @@ BICUBIC = "Bicubic"
 NETWORK = {"embed_dim": 8, "depth": 1, "n_layers": 1, "expand": 1.0, "d_state": 4, "mlp_ratio": 2.0}
 LR_DECAY_AT = 0.8  # the learning rate halves after this fraction of the epochs
 LPIPS_HOST = ("download.pytorch.org", 443)
-SHIPPED = ROOT / "pretrained" / "HybriMamba-tiny-x8.pt"
+SHIPPED = SHIPPED_MODEL
 SHIPPED_SIZE, SHIPPED_SCALE = 128, 8
+CLOSEUP_FACES = (0, 2, 4)  # the group photo's faces shown close up (16, 24 and 32 pixels)
+CLOSEUP_SIDE = 160         # pixels of each close-up tile
 
 
 def parse_args(argv=None):
@@ -49,19 +59,22 @@ def parse_args(argv=None):
                "  HYBRIMAMBA_LPIPS_BACKBONE=alexnet.pth python -m utils.demo   # LPIPS offline",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--out", default="demo_output", help="folder for everything the demo writes (default: %(default)s)")
+    data.add_argument("--out", default="demo_output",
+                      help="folder for everything the demo writes (default: %(default)s)")
     data.add_argument("--dataroot", default=None,
                       help="your own HR faces (searched recursively) instead of the built-in ones; evenly spaced "
                            "images are held out")
     data.add_argument("--load_size", type=int, default=24, help="HR side in pixels (default: %(default)s; the "
                       "built-in faces allow up to 24)")
-    data.add_argument("--scale", type=int, default=4, help="super-resolution factor (default: %(default)s: 6x6 -> 24x24)")
+    data.add_argument("--scale", type=int, default=4,
+                      help="super-resolution factor (default: %(default)s: 6x6 -> 24x24)")
     train = p.add_argument_group("training")
     train.add_argument("--iters", type=int, default=300, help="training iterations (default: %(default)s)")
     train.add_argument("--batch_size", type=int, default=16, help="default: %(default)s")
     train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    train.add_argument("--threads", type=int, default=1,
+    # Not --num_threads: in train.py and test.py that flag counts DataLoader workers. --threads is the old name.
+    train.add_argument("--torch_threads", "--threads", type=int, default=1,
                        help="torch threads of every step (OMP_NUM_THREADS; default: %(default)s, as on a busy 2-core "
                             "machine two threads made this small network's training several times slower)")
     score = p.add_argument_group("scoring")
@@ -71,7 +84,7 @@ def parse_args(argv=None):
     score.add_argument("--skip_check", action="store_true",
                        help="do not fail when the model does not beat bicubic (for smoke runs with few iterations)")
     args = p.parse_args(argv)
-    for flag in ("load_size", "scale", "iters", "batch_size", "threads"):
+    for flag in ("load_size", "scale", "iters", "batch_size", "torch_threads"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} {getattr(args, flag)} must be >= 1")
     if args.load_size % 4 or args.load_size % args.scale:
@@ -164,17 +177,19 @@ def lpips_backbone(args, size):
 
 
 def score_table(args, size, hr_dir, dataset, folders, table):
-    """Run utils.evaluation.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if it fails)."""
+    """Run utils.evaluation.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if
+    it fails)."""
     lpips_flags, lpips_note = lpips_backbone(args, size)
     print(lpips_note)
-    table_args = ["-m", "utils.evaluation.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders, "--out", table]
+    table_args = ["-m", "utils.evaluation.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders,
+                  "--out", table]
     try:
-        run(table_args + lpips_flags, "scoring", args.threads)
+        run(table_args + lpips_flags, "scoring", args.torch_threads)
     except UserError:
         if not lpips_flags:
             raise
         print("LPIPS failed (see above); the table without LPIPS:")
-        run(table_args, "scoring", args.threads)
+        run(table_args, "scoring", args.torch_threads)
 
 
 def shipped_model_on_a_real_face(args, faces, results):
@@ -188,13 +203,70 @@ def shipped_model_on_a_real_face(args, faces, results):
     table, picture = results / "x8" / "table.md", results / "x8" / "side_by_side.png"
     write_rgb(hr_dir / "astronaut.png", astronaut_face(SHIPPED_SIZE))
     run(["-m", "data.make_lr", hr_dir, "--lr_dir", lr_dir, "--lr_up_dir", bicubic_dir, "--scale", SHIPPED_SCALE],
-        "making the LR face", args.threads)
+        "making the LR face", args.torch_threads)
     run(["test.py", "--gpus", 0, "--dataroot", lr_dir, "--pretrain_model_path", SHIPPED, "--load_size", SHIPPED_SIZE,
-         "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0], "testing", args.threads)
+         "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0], "testing", args.torch_threads)
     score_table(args, SHIPPED_SIZE, hr_dir, "astronaut x8", [bicubic_dir, sr_dir], table)
     run(["-m", "utils.evaluation.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic", "--n", 1,
-         "--per_row", 1, "--out", picture], "the side-by-side picture", args.threads)
+         "--per_row", 1, "--out", picture], "the side-by-side picture", args.torch_threads)
     return [f"  x8 table    {table}", f"  x8 picture  {picture} (LR | bicubic | SR | HR, 128x128)"]
+
+
+def closeup(group, result, bicubic, faces=CLOSEUP_FACES):
+    """Input (pixels enlarged) | bicubic | enhance.py | ground truth around each of ``faces``, as one picture."""
+    import cv2
+
+    from utils.evaluation.side_by_side import compose
+    from utils.photo import geometry
+
+    rows = []
+    for index in faces:
+        frame = geometry.compose(geometry.scaling(group.scale), group.frames[index])
+        cx, cy = geometry.apply(frame, [(64, 64)])[0]
+        half = round(0.75 * 128 * geometry.scale_of(frame))
+        box = (round(cx) - half, round(cy) - half, round(cx) + half, round(cy) + half)
+        nearest = cv2.resize(group.lr, group.hr.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        tiles = []
+        shown = (("Input", nearest), ("Bicubic", bicubic), ("enhance.py", result), ("Ground truth", group.hr))
+        for label, img in shown:
+            padded = np.pad(img, ((half, half), (half, half), (0, 0)), mode="edge")
+            crop = padded[box[1] + half:box[3] + half, box[0] + half:box[2] + half]
+            tiles.append((label, cv2.resize(crop, (CLOSEUP_SIDE, CLOSEUP_SIDE), interpolation=cv2.INTER_AREA)))
+        rows.append(tiles)
+    return compose(rows, 1)
+
+
+def small_faces_in_a_photo(args, faces, results):
+    """The shipped model on a built-in photo with six small faces, through enhance.py; returns the lines
+    naming what was written."""
+    if not SHIPPED.is_file():
+        print(f"skipped: {SHIPPED.relative_to(ROOT)} is not in this checkout")
+        return []
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        from utils.photo.detector import INSTALL
+
+        print(f"skipped: the face detector's package facenet-pytorch is not installed ({INSTALL})")
+        return []
+    from utils.photo import synthetic
+
+    group = astronaut_group_photo(SHIPPED_SCALE)
+    photo, truth, out = faces / "group_photo" / "group.png", faces / "group_photo_hr" / "group.png", results / "photo"
+    write_rgb(photo, group.lr)
+    write_rgb(truth, group.hr)
+    if out.exists():
+        shutil.rmtree(out)
+    run(["enhance.py", photo, "--out", out, "--side_by_side", "--gpus", 0, "--upscale", SHIPPED_SCALE],
+        "enhancing the photo", args.torch_threads)
+    result = read_rgb(out / "group.png")
+    bicubic = np.asarray(Image.fromarray(group.lr).resize(group.hr.shape[1::-1], Image.BICUBIC))
+    print(f"face regions against the {SHIPPED_SCALE}x ground truth (PSNR, RGB):")
+    for index, size in enumerate(GROUP_SIZES):
+        region = synthetic.face_region(group, index)
+        base, ours = synthetic.region_psnr(group.hr, bicubic, region), synthetic.region_psnr(group.hr, result, region)
+        print(f"  face {index} ({size:2d} px): bicubic {base:.2f} dB, enhance.py {ours:.2f} dB ({ours - base:+.2f})")
+    write_rgb(out / "closeup.png", closeup(group, result, bicubic))
+    return [f"  photo       {photo} -> {out} (group.png, group.json, group_faces/, group_side_by_side.png)",
+            f"  close-up    {out / 'closeup.png'} (input | bicubic | enhance.py | ground truth)"]
 
 
 def mean_psnr(hr_dir, sr_dir):
@@ -206,7 +278,7 @@ def mean_psnr(hr_dir, sr_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    steps = Steps(6)
+    steps = Steps(7)
     out = Path(args.out).resolve()
     prepare_out_dir(out)
     faces, results = out / "faces", out / "results"
@@ -223,22 +295,25 @@ def main(argv=None):
     print(face_set.description)
 
     steps.begin("training", f"training a small HybriMamba on the CPU ({args.iters} iterations)")
-    run(training_arguments(args, face_set.train_dir, face_set.train_count, out), "training", args.threads)
+    run(training_arguments(args, face_set.train_dir, face_set.train_count, out), "training", args.torch_threads)
 
     steps.begin("testing", f"held-out LR faces (x{args.scale}) and super-resolution")
     run(["-m", "data.make_lr", hr_dir, "--lr_dir", lr_dir, "--lr_up_dir", bicubic_dir, "--scale", args.scale],
-        "making the LR faces", args.threads)
+        "making the LR faces", args.torch_threads)
     run(["test.py", "--gpus", 0, "--name", NAME, "--dataroot", lr_dir, "--pretrain_model_path", checkpoint,
          "--load_size", args.load_size, "--scale_factor", args.scale, "--save_as_dir", sr_dir,
-         "--batch_size", 32, "--num_threads", 0], "testing", args.threads)
+         "--batch_size", 32, "--num_threads", 0], "testing", args.torch_threads)
 
     steps.begin("scoring", "scores against the held-out HR faces, and a picture")
     score_table(args, args.load_size, hr_dir, "held-out", [bicubic_dir, sr_dir], table)
     run(["-m", "utils.evaluation.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic",
-         "--n", 8, "--per_row", 2, "--zoom", 4, "--out", picture], "the side-by-side picture", args.threads)
+         "--n", 8, "--per_row", 2, "--zoom", 4, "--out", picture], "the side-by-side picture", args.torch_threads)
 
     steps.begin("shipped", "the shipped 8x model on a real face (scikit-image's astronaut, 16x16 -> 128x128)")
     shipped_lines = shipped_model_on_a_real_face(args, faces, results)
+
+    steps.begin("photo", "the shipped 8x model on a photo with six small faces (enhance.py)")
+    shipped_lines += small_faces_in_a_photo(args, faces, results)
 
     steps.begin("check", "check")
     model_psnr, bicubic_psnr = mean_psnr(hr_dir, sr_dir), mean_psnr(hr_dir, bicubic_dir)

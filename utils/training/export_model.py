@@ -10,10 +10,12 @@ and its task, so ``test.py --pretrain_model_path FILE`` rebuilds the network by 
 import argparse
 from pathlib import Path
 
+from models.checkpoint import load_checkpoint, save_checkpoint, select_weights
+from models.config import HybriMambaConfig
 from utils.errors import UserError, run_cli
-from utils.training.checkpoint import NETWORK_OPTIONS, load_checkpoint, save_checkpoint, select_weights
 
-KEPT_OPTIONS = (*NETWORK_OPTIONS, "load_size", "scale_factor")
+# The network's options (its config) and the task's sizes: what test.py needs to rebuild and run it.
+KEPT_OPTIONS = (*(f.name for f in HybriMambaConfig.option_fields()), "load_size", "scale_factor")
 
 
 def export_model(src, dst, prefer_ema=True):

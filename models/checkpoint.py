@@ -1,5 +1,8 @@
 """Checkpoint files: atomic saving, safe loading (``weights_only``) and loading weights into a network.
 
+In models/ because training, test.py, the export and the demo all read and write these files (and the
+engines must not import each other's internals); it needs only torch and the bottom layer.
+
 A training checkpoint is a dict with the keys ``model`` (state_dict without ``module.``
 prefixes), ``ema`` (state_dict of the EMA weights, optional), ``optimizer``, ``scheduler``,
 ``scaler``, ``epoch`` (epochs completed), ``iteration``, ``batch_in_epoch`` (batches of the
@@ -20,14 +23,12 @@ from pathlib import Path
 
 import torch
 
-from utils.distributed import unwrap
-from utils.errors import UserError
+from models.config import HybriMambaConfig
+from models.device import unwrap
+from utils.errors import UserError, first_few
 
 log = logging.getLogger("hybrimamba")
 MODULE_PREFIX = "module."
-# The options that define the network's shape; a checkpoint's values name the config it needs.
-NETWORK_OPTIONS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
-SHOWN_KEYS = 5
 CHECKSUMMED = ("model", "ema")
 # The temporary name save_checkpoint writes to: .<final name>.<pid>.<8 hex digits>.tmp
 TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
@@ -72,7 +73,7 @@ def check_finite(state, source):
     """A state_dict with NaN or inf values raises ``UserError`` naming those tensors."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise UserError(f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {_shown(bad)}; "
+        raise UserError(f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {first_few(bad)}; "
                         f"these weights are unusable, use an earlier checkpoint")
 
 
@@ -170,17 +171,21 @@ def select_weights(ckpt, prefer_ema=True):
     return None, None
 
 
-def _network_config_hint(ckpt):
+def stored_config(ckpt, source):
+    """The ``HybriMambaConfig`` a loaded checkpoint's ``options`` name, or None when they name none (a bare
+    state_dict, a file not written by train.py). Options saved before a config field existed give it its
+    default; invalid values raise ``UserError`` naming ``source`` and the key."""
     options = ckpt.get("options") if isinstance(ckpt, dict) else None
-    if not isinstance(options, dict) or not all(k in options for k in NETWORK_OPTIONS):
-        return ""
-    flags = " ".join(f"--{k} {options[k]}" for k in NETWORK_OPTIONS)
-    return f"; the checkpoint was trained with {flags}"
+    if not isinstance(options, dict) or not any(f.name in options for f in HybriMambaConfig.option_fields()):
+        return None
+    return HybriMambaConfig.from_options(options, source)
 
 
-def _shown(keys):
-    more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
-    return ", ".join(keys[:SHOWN_KEYS]) + more
+def _network_config_hint(ckpt, source):
+    with contextlib.suppress(UserError):
+        config = stored_config(ckpt, source)
+        return f"; the checkpoint was trained with {config.flags()}" if config else ""
+    return ""
 
 
 def assign_weights(model, state, source, ckpt=None):
@@ -197,10 +202,10 @@ def assign_weights(model, state, source, ckpt=None):
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
-        parts = [f"{label}: {_shown(keys)}" for label, keys in
+        parts = [f"{label}: {first_few(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape (file vs network)", shapes)) if keys]
         raise WeightsMismatch(f"{source}: weights do not fit this network ({'; '.join(parts)})"
-                        f"{_network_config_hint(ckpt)}")
+                        f"{_network_config_hint(ckpt, source)}")
     check_finite(state, source)
     target.load_state_dict(state)
 
