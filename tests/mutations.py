@@ -27,6 +27,8 @@ from tests.conftest import SHARED  # noqa: E402  (needs the repository root on s
 ORACLE = ("tests/test_network_oracle.py",)
 RESUME = ("tests/test_train.py::test_resume_is_bit_identical_to_an_uninterrupted_run[0]",)
 BF16 = ("tests/test_train.py::test_bf16_autocast_computes_layers_in_bf16_and_the_scan_and_fft_in_float32",)
+TRITON_IMAGE = ("tests/test_triton_scan.py::test_interpreter_suite[image-scan]",)
+TRITON_IMAGE_KERNELS = "models/selective_scan/triton_image_kernels.py"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,21 @@ MUTATIONS = (
              "return ", ("tests/test_host_memory.py",), "the top of the heap goes back to the kernel when freed"),
     Mutation("block_mappings", "utils/host_memory.py", " and bool(mallopt(M_MMAP_MAX, 0))", "",
              ("tests/test_host_memory.py",), "every large block still gets its own mapping, unmapped on free"),
+    Mutation("triton_image_reversed", TRITON_IMAGE_KERNELS, "s = tl.where(direction >= 2, length - 1 - t, t)",
+             "s = tl.where(direction >= 3, length - 1 - t, t)", TRITON_IMAGE,
+             "the fused triton image scan reads direction 2 forwards instead of reversed"),
+    Mutation("triton_image_columns", TRITON_IMAGE_KERNELS, "(s % height) * width + s // height",
+             "(s % width) * height + s // width", TRITON_IMAGE,
+             "the fused triton image scan's column-major order with H and W swapped (transposed)"),
+    Mutation("triton_image_merge", "models/selective_scan/triton_backend.py", "per_direction.sum(1)",
+             "per_direction[:, :3].sum(1)", TRITON_IMAGE, "the fused triton image scan's merge drops a direction"),
+    Mutation("triton_image_dt_rank", TRITON_IMAGE_KERNELS,
+             "+ bias[:, None]\n    for r in range(dt_rank):", "+ bias[:, None]\n    for r in range(dt_rank - 1):",
+             TRITON_IMAGE, "the fused triton image scan's dt_proj leaves out the last rank"),
+    Mutation("triton_image_next_step", TRITON_IMAGE_KERNELS,
+             "pixels_next_r = _direction_pixels(tr + 1, direction, height, width)",
+             "pixels_next_r = _direction_pixels(tr, direction, height, width)", TRITON_IMAGE,
+             "the fused triton image scan's adjoint decays by the step's own dt, not the next step's"),
 )
 
 
