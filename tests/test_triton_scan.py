@@ -130,7 +130,7 @@ def test_triton_on_cpu_is_a_one_line_error():
     with pytest.raises(RuntimeError, match="the triton selective scan cannot run: .*TRITON_INTERPRET=1"):
         triton_backend.selective_scan_triton(**inputs)  # called directly, not through selective_scan
     image_inputs = {k: v.detach().float() for k, v in make_image_inputs(1, 2, 2, 3, 2, 1).items()}
-    with pytest.raises(RuntimeError, match="the triton image scan cannot run: .*TRITON_INTERPRET=1"):
+    with pytest.raises(RuntimeError, match=r"the triton image scan cannot run: .*TRITON_INTERPRET=1"):
         triton_backend.image_selective_scan_triton(**image_inputs)
 
 
