@@ -2,7 +2,7 @@
 
 Both paths are ``ImageSSM.scan`` (the module's four-direction scan, from the feature map x (B, Dn, H, W) to
 the merged (B, Dn, H, W), without the symmetry step) as the network initialises it (K=4 directions, N=8
-states, dt_rank = ceil(Dn/16)), with the module's ``fused`` switch:
+states, dt_rank = ceil(Dn/24)), with the module's ``fused`` switch:
   unfused: cross-scan copy, per-direction x_proj and dt_proj, the plain selective scan, cross-merge;
   fused:   x_proj in row-major pixel order, then one fused image-scan call (the kernels read the four
            directions by index arithmetic and apply dt_proj themselves).
@@ -32,6 +32,11 @@ STATES = 8
 FUSED_BACKENDS = ("triton", "cpp")
 
 
+def dt_rank(channels):
+    """The network's ceil(dim / 16), with Dn = 1.5 x dim (the default expand)."""
+    return math.ceil(channels / 1.5 / 16)
+
+
 def run_case(path, backend, batch, channels, side, device, amp, repeats):
     """Measure one case in this process: {'fwd_s', 'fwdbwd_s', 'peak_mb'} (peak_mb None off CUDA)."""
     import torch
@@ -41,7 +46,7 @@ def run_case(path, backend, batch, channels, side, device, amp, repeats):
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float32
     torch.manual_seed(0)
-    module = ImageSSM(channels, d_state=STATES, scan_backend=backend).to(device)
+    module = ImageSSM(channels, d_state=STATES, dt_rank=dt_rank(channels), scan_backend=backend).to(device)
     module.fused = path == "fused"
 
     def sync():
@@ -61,7 +66,7 @@ def run_case(path, backend, batch, channels, side, device, amp, repeats):
     def forward_backward():
         forward().backward(weights)
 
-    small = ImageSSM(8, d_state=STATES, scan_backend=backend).to(device)
+    small = ImageSSM(8, d_state=STATES, dt_rank=1, scan_backend=backend).to(device)
     small.fused = module.fused
     call(small, inputs(1, 8, 4)).sum().backward()  # compiles the kernels before anything is measured
     x = inputs(batch, channels, side)
@@ -105,7 +110,7 @@ def main(argv=None):
         return 0
 
     stages = [tuple(map(int, stage.split("x"))) for stage in args.stages]
-    print(f"ImageSSM.scan, fused vs unfused '{args.backend}' path, K=4 N={STATES} dt_rank=ceil(Dn/16), {args.amp}, "
+    print(f"ImageSSM.scan, fused vs unfused '{args.backend}' path, K=4 N={STATES} dt_rank=ceil(Dn/24), {args.amp}, "
           f"{args.device}; times: best of {args.repeats}, memory: peak above the inputs")
     header = ["B", "Dn", "HxW"] + [f"{p} {what}" for p in ("unfused", "fused") for what in ("fwd ms", "f+b ms", "MB")]
     header += ["f+b x", "mem x"]
