@@ -23,7 +23,7 @@ from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
 from utils.image_tensor import to_uint8
 from utils.progress import TqdmHandler, progress_bar
-from utils.training.checkpoint import WeightsMismatch, load_checkpoint, load_weights
+from utils.training.checkpoint import WeightsMismatch, load_model_file, load_weights
 
 log = logging.getLogger("hybrimamba")
 OUTPUT_SUFFIX = ".png"
@@ -84,7 +84,7 @@ def network_options(opt, stored):
 def build_model(opt, device):
     """(HybriMamba in eval mode on ``device`` with the checkpoint's weights, one-line description)."""
     path = opt.pretrain_model_path
-    ckpt = load_checkpoint(path)
+    ckpt = load_model_file(path)
     stored = ckpt.get("options") if isinstance(ckpt, dict) else None
     config, notices = network_options(opt, stored)
     for line in notices:
