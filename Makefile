@@ -10,10 +10,10 @@ OUT ?= demo_output
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-extra.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install -r requirements.txt
+	$(VENV)/bin/pip install -r requirements.txt -r requirements-extra.txt
 	touch $@
 
 demo: $(VENV)/.installed ## train a small model on built-in faces, test it, compare with bicubic (DATAROOT=... for your faces)

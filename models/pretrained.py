@@ -144,6 +144,15 @@ def is_release(path):
         return False
 
 
+def metadata(config, task, provenance, path):
+    """The string-to-string metadata that describes a network (module docstring), checked; ``path`` names the
+    file in errors. ONNX exports carry it too."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "config": json.dumps(_typed(config, CONFIG_TYPES, "config", path), sort_keys=True),
+            "task": json.dumps(_typed(task, TASK_TYPES, "task", path), sort_keys=True),
+            "provenance": json.dumps(provenance, sort_keys=True, default=str)}
+
+
 def write_release(path, release, replace=False):
     """Write ``release`` to ``path`` (a ``.safetensors`` file) atomically: a temporary file in the same
     folder, then a rename, so an interrupted write leaves no partial file and no damaged old one. An
@@ -156,11 +165,8 @@ def write_release(path, release, replace=False):
     if path.exists() and not replace and not is_release(path):
         raise UserError(f"{path}: exists and is not a HybriMamba release; it is not replaced, choose another path")
     state = {k: v.detach().cpu().contiguous() for k, v in release.state_dict.items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "config": json.dumps(_typed(release.config, CONFIG_TYPES, "config", path), sort_keys=True),
-            "task": json.dumps(_typed(release.task, TASK_TYPES, "task", path), sort_keys=True),
-            "provenance": json.dumps(release.provenance, sort_keys=True, default=str),
-            "weights_sha256": weights_checksum(state)}
+    meta = metadata(release.config, release.task, release.provenance, path)
+    meta["weights_sha256"] = weights_checksum(state)
     # Serialised here and written by Python: safetensors' own save_file makes the file private (0600).
     data = safetensors.torch.save(state, metadata=meta)
     with atomic_output(path, "the model") as tmp, open(tmp, "xb") as f:
