@@ -16,13 +16,18 @@ $(VENV)/.installed: requirements.txt requirements-extra.txt
 	$(VENV)/bin/pip install -r requirements.txt -r requirements-extra.txt
 	touch $@
 
+# test-only references (basicsr's metric functions), without their own dependencies
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(VENV)/bin/pip install --no-deps -r requirements-test.txt
+	touch $@
+
 demo: $(VENV)/.installed ## train a small model on built-in faces, test it, compare with bicubic (DATAROOT=... for your faces)
 	$(PY) -m utils.demo --out $(OUT) $(if $(DATAROOT),--dataroot $(DATAROOT))
 
-test: $(VENV)/.installed ## run the test suite
+test: $(VENV)/.installed-test ## run the test suite
 	$(PY) -m pytest
 
-mutation-test: $(VENV)/.installed ## apply realistic bugs one at a time in a copy; the tests guarding each must fail
+mutation-test: $(VENV)/.installed-test ## apply realistic bugs one at a time in a copy; the tests guarding each must fail
 	$(PY) tests/mutations.py
 
 fresh-machine-test: ## clone, install requirements.txt into a brand-new venv, import everything, run param.py

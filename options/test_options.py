@@ -1,8 +1,7 @@
 """Options of test.py: super-resolve a folder of faces and, given ground truth, score the results."""
 from options.base_options import BaseOptions, positive
 from utils.errors import UserError
-
-Y_CONVENTIONS = ("truncate", "round", "float")
+from utils.y_conventions import DEFAULT_Y_CONVENTION, Y_CONVENTIONS, short_help
 
 
 class TestOptions(BaseOptions):
@@ -41,9 +40,8 @@ class TestOptions(BaseOptions):
                          help="use the raw weights of a checkpoint that also holds EMA weights")
         run.add_argument("--hr_dir", default=None,
                          help="ground-truth HR folder; images are paired with the outputs by file stem")
-        run.add_argument("--y_convention", choices=Y_CONVENTIONS, default="truncate",
-                         help="uint8 quantisation of the Y channel for PSNR/SSIM: truncate as the paper's "
-                              "table, round as MATLAB/BasicSR, or float (no quantisation)")
+        run.add_argument("--y_convention", choices=Y_CONVENTIONS, default=DEFAULT_Y_CONVENTION,
+                         help=short_help() + " (python psnr_ssim.py --help says more)")
         run.add_argument("--lpips", action="store_true", help="also report LPIPS (AlexNet) against --hr_dir")
         run.add_argument("--backbone_weights", default=None,
                          help="local ImageNet AlexNet weights for LPIPS (offline machines)")

@@ -209,6 +209,11 @@ def y_psnr(gt, sr):
     return 10 * math.log10(255 ** 2 / np.mean((y_channel(gt) - y_channel(sr)) ** 2))
 
 
+def table_rows(markdown):
+    """The body rows of a results table (after its header and rule; the caption under it is not a row)."""
+    return [line for line in markdown.splitlines() if line.startswith("|")][2:]
+
+
 def test_demo_smoke_run_writes_every_output(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "utils.demo", "--out", str(out), "--iters", "1", "--batch_size", "4",
@@ -236,14 +241,14 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
     assert load(out / "faces" / "astronaut_lr" / "astronaut.png").shape == (16, 16, 3)
     for folder in ("Bicubic", "HybriMamba"):
         assert load(x8 / folder / "astronaut.png").shape == (128, 128, 3)
-    x8_rows = [line.split("|")[1].strip() for line in (x8 / "table.md").read_text().splitlines()[2:]]
+    x8_rows = [line.split("|")[1].strip() for line in table_rows((x8 / "table.md").read_text())]
     assert x8_rows == ["Bicubic", "HybriMamba"]
     # one face: a 24-pixel caption band over LR | bicubic | SR | HR tiles of 128 pixels
     assert load(x8 / "side_by_side.png").shape == (24 + 128, 4 * 128, 3)
 
     table = (out / "results" / "table.md").read_text()
     assert table in text.replace("\r", "")
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    rows = {line.split("|")[1].strip(): line for line in table_rows(table)}
     assert sorted(rows) == ["Bicubic", "HybriMamba"]
 
     def mean_psnr(folder):

@@ -62,6 +62,14 @@ def printed(stdout, label):
     return float(re.search(rf"^{label}: ([0-9.]+)", stdout, re.M).group(1))
 
 
+def assert_every_value_tagged(text, tag):
+    """Every PSNR/SSIM value in ``text`` is followed by ``(tag)`` (or ``(tag; ...)``), e.g. '(Y truncate)'."""
+    value = r"\b(?:PSNR|SSIM):? (?:\d+\.\d+|infinite)"
+    values = re.findall(value, text)
+    tagged = re.findall(value + r"(?: dB)? \(" + re.escape(tag) + r"[);]", text)
+    assert values and len(tagged) == len(values), (tag, text)
+
+
 @pytest.fixture
 def folders(tmp_path):
     """GT as PNG, SR as JPEG/BMP/PNG under the same stems, plus one SR-only file that shifts sort positions.
@@ -82,6 +90,7 @@ def test_psnr_ssim_cli_pairs_by_stem_across_extensions(folders, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "pairs: 3" in res.stdout and "1 unpaired file(s) skipped" in res.stdout
     assert "truncated" in res.stdout
+    assert_every_value_tagged(res.stdout, "Y truncate")
     # In a pipe: a plain progress line, not tqdm's bar ("100%|####|").
     assert "%|" not in res.stderr and f"evaluating {sr_dir.name}: 3/3 img (100%)" in res.stderr
     expected = {}
@@ -95,7 +104,7 @@ def test_psnr_ssim_cli_pairs_by_stem_across_extensions(folders, tmp_path):
         p, s = expected[row["name"]]
         assert float(row["psnr"]) == pytest.approx(p, abs=1e-9)
         assert abs(float(row["ssim"]) - s) < 1e-10
-        assert Path(row["sr"]).stem == row["name"]
+        assert Path(row["sr"]).stem == row["name"] and row["convention"] == "Y truncate"
     assert printed(res.stdout, "PSNR") == pytest.approx(np.mean([p for p, _ in expected.values()]), abs=6e-5)
     assert printed(res.stdout, "SSIM") == pytest.approx(np.mean([s for _, s in expected.values()]), abs=6e-5)
     # The check can tell exact truncation from a float formula's.
@@ -111,11 +120,13 @@ def test_psnr_ssim_cli_rgb_and_rounding(folders):
     res = run("psnr_ssim.py", gt_dir, sr_dir, "--rgb")
     assert res.returncode == 0, res.stderr
     assert "RGB channels" in res.stdout
+    assert_every_value_tagged(res.stdout, "RGB")
     refs = [reference_metrics(load(gt_dir / f"{p.stem}.png"), load(p), rgb=True) for p in sorted(sr_dir.iterdir())]
     assert printed(res.stdout, "PSNR") == pytest.approx(np.mean([p for p, _ in refs]), abs=6e-5)
     assert printed(res.stdout, "SSIM") == pytest.approx(np.mean([s for _, s in refs]), abs=6e-5)
     res = run("psnr_ssim.py", gt_dir, sr_dir, "--y_convention", "round")
-    assert res.returncode == 0 and "rounded" in res.stdout
+    assert res.returncode == 0 and "rounded" in res.stdout and "MATLAB" in res.stdout
+    assert_every_value_tagged(res.stdout, "Y round")
     refs = [reference_metrics(load(gt_dir / f"{p.stem}.png"), load(p), convention="round")
             for p in sorted(sr_dir.iterdir())]
     assert printed(res.stdout, "PSNR") == pytest.approx(np.mean([p for p, _ in refs]), abs=6e-5)
@@ -211,6 +222,12 @@ def test_results_table_two_datasets_bicubic_stats_and_paper_rows(tmp_path):
         assert row[col + 2] == "-"
     assert rows["HybriMamba (paper)"][1:] == ["15.1M", "19.7G", "28.33", "0.8375", "0.1621", "28.43", "0.8250", "0.1638"]
     assert out.read_text() in res.stdout
+    # the convention: beside each value on the terminal, and under the table in the file
+    per_method = [ln for ln in res.stdout.splitlines() if " / " in ln and "PSNR" in ln]
+    assert len(per_method) == 4
+    assert_every_value_tagged("\n".join(per_method), "Y truncate")
+    caption = out.read_text().rstrip().splitlines()[-1]
+    assert caption.startswith("PSNR/SSIM: Y truncate") and "psnr_ssim.py" in caption and "(paper) rows" in caption
 
 
 def test_results_table_positional_folders_and_bad_stats(tmp_path):

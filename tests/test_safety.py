@@ -243,9 +243,9 @@ def test_psnr_ssim_reports_identical_pairs_apart_from_the_mean(tmp_path, capsys)
     psnr_ssim.main([str(gt), str(sr)])
     printed = capsys.readouterr().out
     scores = [reference_metrics(np.asarray(Image.open(gt / n)), np.asarray(Image.open(sr / n))) for n in ("b.png", "c.png")]
-    assert f"PSNR: {np.mean([p for p, _ in scores]):.4f} dB over 2 pair(s); 1 identical pair(s) left out " \
-           f"(their PSNR is infinite)" in printed
-    assert f"SSIM: {np.mean([s for _, s in scores] + [1.0]):.4f}" in printed
+    assert f"PSNR: {np.mean([p for p, _ in scores]):.4f} dB (Y truncate) over 2 pair(s); 1 identical pair(s) " \
+           f"left out (their PSNR is infinite)" in printed
+    assert f"SSIM: {np.mean([s for _, s in scores] + [1.0]):.4f} (Y truncate)" in printed
     assert "inf" not in printed.replace("infinite", "")
 
 

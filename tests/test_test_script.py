@@ -18,6 +18,7 @@ from data.single_dataset import SingleDataset
 from models import HybriMamba
 from options import TestOptions, TrainOptions
 from tests.conftest import ROOT, shared_path
+from tests.test_eval_scripts import assert_every_value_tagged
 from tests.test_options import readme_blocks, script_calls
 from utils.errors import UserError
 from utils.evaluation.folder_eval import evaluate_folders
@@ -191,10 +192,12 @@ def test_hr_dir_writes_csv_and_json_equal_to_a_direct_evaluation(files, hr_dir, 
     finite = [float(r["psnr"]) for r in written if r["psnr"] != "inf"]
     assert len(finite) == 3 and record["psnr"] == pytest.approx(np.mean(finite), abs=1e-12)  # identical pair left out
     assert record["ssim"] == expected["ssim"] == summary["ssim"]
-    assert record["y_convention"] == "truncate" and record["load_size"] == 32
+    assert record["y_convention"] == "truncate" and record["convention"] == "Y truncate" and record["load_size"] == 32
+    assert all(r["convention"] == "Y truncate" for r in written)
     assert record["weights"].startswith("EMA weights")
     printed = capsys.readouterr().out
     assert f"SSIM: {expected['ssim']:.4f}" in printed and "truncated" in printed
+    assert_every_value_tagged(printed, "Y truncate")
 
 
 def test_lpips_with_hr_dir_equals_lpips_on_the_folders(files, hr_dir, tmp_path, alexnet_weights):
@@ -209,7 +212,8 @@ def test_lpips_with_hr_dir_equals_lpips_on_the_folders(files, hr_dir, tmp_path, 
     assert [float(r["psnr"]) for r in written] == [r["psnr"] for r in rows]
     record = strict_json(out / "metrics.json")
     assert record["lpips"] == pytest.approx(expected["lpips"], abs=1e-6) and record["lpips"] > 0
-    assert record["lpips_net"] == "alex" and record["y_convention"] == "round"
+    assert record["lpips_net"] == "alex" and record["y_convention"] == "round" and record["convention"] == "Y round"
+    assert all(r["convention"] == "Y round" for r in written)
 
 
 def write_images(folder, names, size, seed=2):

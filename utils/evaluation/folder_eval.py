@@ -17,8 +17,10 @@ from utils.errors import UserError
 from utils.evaluation.metrics import SSIM_RADIUS, evaluate_pair
 from utils.image_io import pair_by_stem, read_rgb
 from utils.progress import progress_bar
+from utils.y_conventions import CONVENTIONS, DEFAULT_Y_CONVENTION, metric_tag
 
-CSV_FIELDS = ("name", "gt", "sr", "psnr", "ssim", "lpips")
+# "convention" (e.g. "Y truncate") sits beside every per-image PSNR/SSIM pair
+CSV_FIELDS = ("name", "gt", "sr", "psnr", "ssim", "convention", "lpips")
 
 
 def default_workers():
@@ -62,6 +64,7 @@ def _pair_scorer(psnr_ssim, keep_pixels, convention, crop_border, rgb):
                 raise UserError(f"{gt_path}: {gt.shape[1]}x{gt.shape[0]} is too small for the 11x11 SSIM window "
                                 f"after crop_border {crop_border}; use larger images or a smaller --crop_border")
             row["psnr"], row["ssim"] = evaluate_pair(gt, sr, convention, crop_border, rgb)
+            row["convention"] = metric_tag(convention, rgb)
         return row, ((gt, sr) if keep_pixels else None)
 
     return score
@@ -73,12 +76,12 @@ def _mean(rows, key):
     return float(np.mean(values)) if values else None
 
 
-def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention="truncate", crop_border=0, rgb=False,
+def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention=DEFAULT_Y_CONVENTION, crop_border=0, rgb=False,
                      lpips_model=None, lpips_batch_size=16, allow_missing=False, workers=None, progress=True):
     """Score every SR image against the GT image of the same file stem.
 
-    Returns ``(rows, summary)``: rows are dicts ``name, gt, sr`` plus ``psnr, ssim`` (when
-    ``psnr_ssim``) and ``lpips`` (when an ``lpips_model`` from ``build_lpips`` is given);
+    Returns ``(rows, summary)``: rows are dicts ``name, gt, sr`` plus ``psnr, ssim, convention``
+    (when ``psnr_ssim``) and ``lpips`` (when an ``lpips_model`` from ``build_lpips`` is given);
     summary holds the means, the pair count, the skipped unpaired count and the settings. The
     PSNR mean leaves out identical pairs (infinite PSNR); ``identical_pairs`` counts them.
     Unpaired files, unreadable files and size mismatches raise ``UserError`` naming them.
@@ -118,37 +121,32 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention="truncate", c
         "identical_pairs": sum(math.isinf(r["psnr"]) for r in rows) if psnr_ssim else None,
         "channel": ("RGB" if rgb else "Y") if psnr_ssim else None,
         "y_convention": convention if psnr_ssim and not rgb else None,
+        "convention": metric_tag(convention, rgb) if psnr_ssim else None,
         "crop_border": crop_border if psnr_ssim else None,
         "lpips_net": lpips_model.pnet_type if lpips_model is not None else None,
     }
     return rows, summary
 
 
-_CONVENTION_WORDS = {
-    "truncate": "BT.601 Y truncated to uint8 (the Table 1 lineage)",
-    "round": "BT.601 Y rounded to uint8 (MATLAB/BasicSR)",
-    "float": "BT.601 Y unquantised",
-}
-
-
 def summary_lines(summary):
-    """Human-readable lines for a summary from ``evaluate_folders``."""
+    """Human-readable lines for a summary from ``evaluate_folders``; every PSNR/SSIM value names its convention."""
     skipped = summary["skipped_unpaired"]
     lines = [f"pairs: {summary['count']} ({summary['gt_dir']} vs {summary['sr_dir']})"
              + (f"; {skipped} unpaired file(s) skipped" if skipped else "")]
     if summary["ssim"] is not None:
-        channel = "RGB channels" if summary["channel"] == "RGB" else _CONVENTION_WORDS[summary["y_convention"]]
-        lines.append(f"convention: {channel}, crop_border {summary['crop_border']}, "
+        rgb, tag = summary["channel"] == "RGB", summary["convention"]
+        channel = "RGB channels" if rgb else f"BT.601 {CONVENTIONS[summary['y_convention']].describe()}"
+        lines.append(f"convention: {channel}; crop_border {summary['crop_border']}, "
                      "SSIM Gaussian 11x11 sigma 1.5, K1 0.01, K2 0.03, population covariance")
         identical, psnr = summary["identical_pairs"], summary["psnr"]
         if psnr is None:
-            lines.append(f"PSNR: infinite (all {identical} pair(s) are identical)")
+            lines.append(f"PSNR: infinite ({tag}; all {identical} pair(s) are identical)")
         elif identical:
-            lines.append(f"PSNR: {psnr:.4f} dB over {summary['count'] - identical} pair(s); {identical} identical "
-                         f"pair(s) left out (their PSNR is infinite)")
+            lines.append(f"PSNR: {psnr:.4f} dB ({tag}) over {summary['count'] - identical} pair(s); {identical} "
+                         f"identical pair(s) left out (their PSNR is infinite)")
         else:
-            lines.append(f"PSNR: {psnr:.4f} dB")
-        lines.append(f"SSIM: {summary['ssim']:.4f}")
+            lines.append(f"PSNR: {psnr:.4f} dB ({tag})")
+        lines.append(f"SSIM: {summary['ssim']:.4f} ({tag})")
     if summary["lpips"] is not None:
         lines.append(f"LPIPS ({summary['lpips_net']}): {summary['lpips']:.4f}")
     return lines

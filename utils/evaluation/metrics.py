@@ -11,11 +11,11 @@ import math
 import cv2
 import numpy as np
 
-Y_CONVENTIONS = ("truncate", "round", "float")
+from utils.y_conventions import DEFAULT_Y_CONVENTION, Y_CONVENTIONS
 
 # Y * 255000 = 65481 R + 128553 G + 24966 B + 16 * 255000, exactly, in integers: the float
-# formula lands a hair below an integer for a few colours (24 of 2^24 when truncating),
-# so the quantised Y is computed from the exact numerator.
+# formula lands a hair below an integer for a few colours (24 to 46 of 2^24 when truncating,
+# depending on the order of the operations), so the quantised Y comes from the exact numerator.
 _Y_WEIGHTS = np.array([65481, 128553, 24966], dtype=np.int32)
 _Y_OFFSET = 16 * 255000
 _Y_DENOM = 255000
@@ -25,11 +25,11 @@ SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5), as scipy.ndimage truncates the Gaussi
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-def rgb_to_y(img, convention="truncate"):
-    """RGB uint8 (..., 3) -> Y float64 (...).
+def rgb_to_y(img, convention=DEFAULT_Y_CONVENTION):
+    """RGB uint8 (..., 3) -> Y float64 (...), quantised by ``convention`` (utils/y_conventions.py).
 
-    ``truncate`` floors Y to an integer (the SPARNet lineage behind Table 1), ``round`` rounds
-    half up (MATLAB, BasicSR), ``float`` keeps the unquantised value.
+    ``truncate`` floors Y, ``round`` rounds it to the nearest integer with halves up (MATLAB's rule;
+    194 of the 2^24 colours have a Y of exactly k + 1/2), ``float`` keeps it unquantised.
     """
     if convention not in Y_CONVENTIONS:
         raise ValueError(f"unknown Y convention {convention!r}; use one of {', '.join(Y_CONVENTIONS)}")
@@ -106,7 +106,7 @@ def ssim(a, b, data_range=255.0):
     return float(num.mean())
 
 
-def evaluate_pair(gt, sr, convention="truncate", crop_border=0, rgb=False):
+def evaluate_pair(gt, sr, convention=DEFAULT_Y_CONVENTION, crop_border=0, rgb=False):
     """(PSNR, SSIM) of two RGB uint8 images (H, W, 3) of one size.
 
     Y channel by default (``convention`` as in ``rgb_to_y``); ``rgb=True`` pools the three

@@ -18,7 +18,7 @@ from pathlib import Path
 from data.make_lr import make_lr
 from utils.errors import UserError, run_cli
 from utils.evaluation.folder_eval import default_workers, evaluate_folders
-from utils.evaluation.metrics import Y_CONVENTIONS
+from utils.y_conventions import CONVENTIONS, DEFAULT_Y_CONVENTION, Y_CONVENTIONS, metric_tag, short_help
 
 BICUBIC = "Bicubic"
 
@@ -86,8 +86,18 @@ def fmt(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(datasets, results, stats, with_paper):
-    """Table 1 layout; ``results[(method, dataset)] = summary`` from ``evaluate_folders``."""
+def table_caption(convention, with_lpips, with_paper):
+    """The line under the table that names the convention of every PSNR/SSIM value in it."""
+    parts = [f"PSNR/SSIM: {metric_tag(convention)}, i.e. BT.601 {CONVENTIONS[convention].describe()}; no border crop"]
+    if with_lpips:
+        parts.append("LPIPS: AlexNet")
+    if with_paper:
+        parts.append("(paper) rows: as published")
+    return ". ".join(parts) + "."
+
+
+def markdown_table(datasets, results, stats, with_paper, caption):
+    """Table 1 layout and ``caption`` under it; ``results[(method, dataset)] = summary`` from ``evaluate_folders``."""
     head = ["Method", "Params", "FLOPs"]
     for d in datasets:
         head += [f"{d} PSNR", "SSIM", "LPIPS"]
@@ -105,7 +115,7 @@ def markdown_table(datasets, results, stats, with_paper):
             s = results.get((method, d), {})
             cells += [fmt(s.get("psnr"), 2), fmt(s.get("ssim"), 4), fmt(s.get("lpips"), 4)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + caption + "\n"
 
 
 def parse_args(argv=None):
@@ -125,7 +135,8 @@ def parse_args(argv=None):
                    help="Params/FLOPs of method NAME from `python param.py --json > JSON`")
     p.add_argument("--with_paper", action="store_true",
                    help="include the paper's Table 1 rows (filled in for datasets named Helen or CelebA)")
-    p.add_argument("--y_convention", choices=Y_CONVENTIONS, default="truncate", help="see psnr_ssim.py")
+    p.add_argument("--y_convention", choices=Y_CONVENTIONS, default=DEFAULT_Y_CONVENTION,
+                   help=short_help() + " (python psnr_ssim.py --help says more)")
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--out", required=True, help="Markdown file to write")
     return p.parse_intermixed_args(argv)
@@ -150,12 +161,16 @@ def main(argv=None):
                 _, summary = evaluate_folders(hr_dir, sr_dir, convention=args.y_convention,
                                               lpips_model=lpips_model, workers=args.workers)
                 results[(Path(sr_dir).name, dataset)] = summary
-                print(f"{dataset} / {Path(sr_dir).name}: PSNR {fmt(summary['psnr'], 2)}  SSIM {summary['ssim']:.4f}"
-                      + (f"  LPIPS {summary['lpips']:.4f}" if summary["lpips"] is not None else ""))
-    table = markdown_table([g[0] for g in groups], results, stats, args.with_paper)
+                tag = summary["convention"]
+                print(f"{dataset} / {Path(sr_dir).name}: PSNR {fmt(summary['psnr'], 2)} ({tag})  "
+                      f"SSIM {summary['ssim']:.4f} ({tag})"
+                      + (f"  LPIPS {summary['lpips']:.4f} ({summary['lpips_net']})" if summary["lpips"] is not None
+                         else ""))
+    caption = table_caption(args.y_convention, args.lpips, args.with_paper)
+    table = markdown_table([g[0] for g in groups], results, stats, args.with_paper, caption)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(table)
-    print(f"\n{table}\nconvention: Y channel ({args.y_convention}), no border crop; written to {args.out}")
+    print(f"\n{table}\nwritten to {args.out}")
 
 
 if __name__ == "__main__":
