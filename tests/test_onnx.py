@@ -11,8 +11,17 @@ from torch import nn
 from models import HybriMamba
 from models.fwm import FWM, FourierBranch
 from models.image_ssm import ImageSSM
-from models.onnx_friendly import (INPUT, OUTPUT, ChunkedImageSSM, RealFourierBranch, chunked_scan, dynamic_example,
-                                  onnx_friendly, real_irfft2, real_rfft2)
+from models.onnx_friendly import (
+    INPUT,
+    OUTPUT,
+    ChunkedImageSSM,
+    RealFourierBranch,
+    chunked_scan,
+    dynamic_example,
+    onnx_friendly,
+    real_irfft2,
+    real_rfft2,
+)
 from models.pretrained import SHIPPED_MODEL
 from models.selective_scan import selective_scan
 from tests.conftest import in_ci

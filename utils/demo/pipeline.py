@@ -190,7 +190,8 @@ def shipped_model_on_a_real_face(args, faces, results):
     run(["-m", "data.make_lr", hr_dir, "--lr_dir", lr_dir, "--lr_up_dir", bicubic_dir, "--scale", SHIPPED_SCALE],
         "making the LR face", args.threads)
     run(["test.py", "--gpus", 0, "--dataroot", lr_dir, "--pretrain_model_path", SHIPPED_MODEL,
-         "--load_size", SHIPPED_SIZE, "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0], "testing", args.threads)
+         "--load_size", SHIPPED_SIZE, "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0],
+        "testing", args.threads)
     score_table(args, SHIPPED_SIZE, hr_dir, "astronaut x8", [bicubic_dir, sr_dir], table)
     run(["-m", "utils.evaluation.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic", "--n", 1,
          "--per_row", 1, "--out", picture], "the side-by-side picture", args.threads)
