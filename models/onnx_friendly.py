@@ -105,13 +105,21 @@ class RealFourierBranch(nn.Module):
 
 def _linear_recurrence(decay, drive, init, before=False):
     """The states s_t = decay_t * s_{t-1} + drive_t along dim 0 from s_{-1} = ``init``, or with ``before``
-    the states each step starts from (s_{-1} .. s_{T-2}). One ONNX Scan loop in a graph."""
+    the states each step starts from (s_{-1} .. s_{T-2}). One ONNX Scan loop in an exported graph."""
     def step(state, inputs):
         a, b = inputs
         new = a * state + b
         return new, (state if before else new).clone()  # a scan's outputs may not alias its carry
 
-    return scan(step, init, (decay, drive))[1]
+    if torch.compiler.is_exporting():
+        return scan(step, init, (decay, drive))[1]
+    # Run eagerly, the same steps as a Python loop: scan itself would torch.compile them, which also starts
+    # autograd's worker threads, after which a fork()ed process (DataLoader workers, DDP) cannot backpropagate.
+    outputs = []
+    for inputs in zip(decay, drive):
+        init, out = step(init, inputs)
+        outputs.append(out)
+    return torch.stack(outputs)
 
 
 def _softplus(x):

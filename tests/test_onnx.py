@@ -1,6 +1,8 @@
 """ONNX: the exporter-friendly formulation computes what the network computes, and the exported graph
 gives the same faces in onnxruntime as PyTorch."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,14 +20,13 @@ from models.onnx_friendly import (
     ChunkedImageSSM,
     RealFourierBranch,
     chunked_scan,
-    dynamic_example,
     onnx_friendly,
     real_irfft2,
     real_rfft2,
 )
 from models.pretrained import SHIPPED_MODEL
 from models.selective_scan import selective_scan
-from tests.conftest import in_ci
+from tests.conftest import ROOT, in_ci
 from utils.errors import UserError
 from utils.training.export_model import main as export_main
 
@@ -103,12 +104,21 @@ def require_onnxruntime():
     return onnxruntime
 
 
+def run_python(*args):
+    """Run python with ``args`` from the repository root. Exports run in their own process: tracing starts
+    autograd's worker threads, after which this process could no longer fork() workers that backpropagate
+    (tests/test_train.py's DDP test forks)."""
+    done = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
 @pytest.fixture(scope="module")
 def shipped_onnx(tmp_path_factory):
-    """The shipped model exported by the export tool at its fixed size (B = 1, 128x128)."""
+    """The shipped model exported by the export tool, as a user runs it, at its fixed size (B = 1, 128x128)."""
     require_onnxruntime()
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    assert export_main([str(SHIPPED_MODEL), str(path)]) == 0
+    assert "wrote" in run_python("-m", "utils.training.export_model", SHIPPED_MODEL, path)
     return path
 
 
@@ -141,6 +151,22 @@ def test_the_onnx_file_carries_the_release_metadata(shipped_onnx):
     assert meta["size"] == "1x3x128x128"
 
 
+DYNAMIC_PARTS = """
+import sys, torch
+from torch import nn
+from models.fwm import FWM
+from models.image_ssm import ImageSSM
+from models.onnx_friendly import INPUT, dynamic_example, onnx_friendly
+parts = nn.Sequential(FWM(4), ImageSSM(4, d_state=4, dt_rank=1)).eval()
+parts.load_state_dict(torch.load(sys.argv[1]))
+example, shapes = dynamic_example(4)
+with torch.no_grad():
+    program = torch.onnx.export(onnx_friendly(parts), (example,), dynamo=True, input_names=[INPUT],
+                                dynamic_shapes=shapes, verbose=False)
+program.save(sys.argv[2])
+"""
+
+
 @needs_scan
 def test_a_dynamic_graph_takes_other_sizes_and_batches(tmp_path):
     """The parts whose graph depends on the size (the Fourier and wavelet branches, the Image-SSM's scan) with
@@ -153,11 +179,8 @@ def test_a_dynamic_graph_takes_other_sizes_and_batches(tmp_path):
     with torch.no_grad():
         for p in parts.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    example, shapes = dynamic_example(4)
-    with torch.no_grad():
-        program = torch.onnx.export(onnx_friendly(parts), (example,), dynamo=True, input_names=[INPUT],
-                                    dynamic_shapes=shapes, verbose=False)
-    program.save(str(tmp_path / "parts.onnx"))
+    torch.save(parts.state_dict(), tmp_path / "parts.pt")
+    run_python("-c", DYNAMIC_PARTS, tmp_path / "parts.pt", tmp_path / "parts.onnx")
     session = ort.InferenceSession(str(tmp_path / "parts.onnx"), providers=["CPUExecutionProvider"])
     for shape in ((1, 4, 32, 32), (3, 4, 16, 40)):
         x = torch.rand(shape) * 2 - 1
