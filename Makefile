@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATAROOT ?=
 OUT ?= demo_output
 
-.PHONY: help demo test mutation-test fresh-machine-test bench clean
+.PHONY: help demo test lint mutation-test fresh-machine-test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -26,6 +26,9 @@ demo: $(VENV)/.installed ## train a small model on built-in faces, test it, comp
 
 test: $(VENV)/.installed-test ## run the test suite
 	$(PY) -m pytest
+
+lint: $(VENV)/.installed ## ruff check . (rules and line length in pyproject.toml)
+	$(PY) -m ruff check .
 
 mutation-test: $(VENV)/.installed-test ## apply realistic bugs one at a time in a copy; the tests guarding each must fail
 	$(PY) tests/mutations.py

@@ -23,11 +23,11 @@ import numpy as np  # noqa: E402 (needs ROOT on sys.path)
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from data.image_tensor import to_tensor  # noqa: E402
 from models import HybriMamba  # noqa: E402
 from models.onnx_friendly import INPUT, export_onnx, require  # noqa: E402
 from models.pretrained import SHIPPED_MODEL  # noqa: E402
 from utils.demo.faces import astronaut_face  # noqa: E402
-from utils.image_tensor import to_tensor  # noqa: E402
 
 
 def main(argv=None):

@@ -6,7 +6,8 @@ speed-ups over the first backend, and the full network's forward latency with ea
 Defaults: on the CPU, the chunked `torch` scan against the compiled `cpp` scan and the sequential
 `ref` loop at B = 1 and 8;
 on CUDA, `torch` against the fused `triton` kernels (and mamba-ssm's `cuda` when it loads) at B = 8 and 32.
-Every (shape, batch, backend) case runs in its own subprocess, so on CPU the peak memory is that process's peak resident set size (ru_maxrss)
+Every (shape, batch, backend) case runs in its own subprocess, so on CPU the peak memory is that process's peak
+resident set size (ru_maxrss)
 above its size once the inputs exist; on CUDA it is torch.cuda.max_memory_allocated above the
 inputs. Times are the minimum over the repeats (the least disturbed by other load).
 
@@ -138,7 +139,8 @@ def main(argv=None):
     parser.add_argument("--backends", nargs="+", default=None, choices=["ref", "torch", "cpp", "triton", "cuda"],
                         help="backends, the first is the baseline (default: torch cpp ref on the CPU, "
                              "torch triton [cuda] on CUDA)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case, best kept (default 3; --quick: 1)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per case, best kept (default 3; --quick: 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cpu_time", action="store_true",
                         help="time the process's CPU time, not wall time: with --threads 1, unaffected by other load")

@@ -8,9 +8,9 @@ from torch.utils.data import Dataset
 
 from data.augmentation import random_flip_scale
 from data.degradation import bicubic_degrade, center_square, resize_bicubic
+from data.image_tensor import to_tensor
 from utils.errors import UserError
 from utils.image_io import list_images, read_rgb
-from utils.image_tensor import to_tensor
 
 log = logging.getLogger("hybrimamba")
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from data.degradation import bicubic_degrade_array
 from utils.errors import UserError, run_cli
-from utils.evaluation.output_folder import check_output_folder
 from utils.image_io import index_by_stem, read_rgb, write_rgb
+from utils.output_folder import check_output_folder
 from utils.progress import progress_bar
 
 
@@ -61,7 +61,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("hr_dir", help="folder of HR images")
     parser.add_argument("--lr_dir", required=True, help="output folder for the downscaled LR PNGs")
-    parser.add_argument("--lr_up_dir", default=None, help="output folder for the bicubic-upsampled LR (the bicubic baseline)")
+    parser.add_argument("--lr_up_dir", default=None,
+                        help="output folder for the bicubic-upsampled LR (the bicubic baseline)")
     parser.add_argument("--scale", type=int, default=8, help="downscaling factor (default 8: 128x128 -> 16x16)")
     args = parser.parse_args(argv)
     if args.scale < 1:

@@ -4,9 +4,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data.degradation import resize_bicubic
-from utils.errors import UserError
+from data.image_tensor import to_tensor
+from utils.errors import UserError, first_few
 from utils.image_io import pair_by_stem, read_rgb
-from utils.image_tensor import to_tensor
 
 
 class PairedDataset(Dataset):
@@ -22,9 +22,8 @@ class PairedDataset(Dataset):
     def __init__(self, lr_root, hr_root, load_size=128):
         pairs, missing = pair_by_stem(hr_root, lr_root, allow_missing=True)
         if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise UserError(f"{len(missing)} image(s) without a partner between {lr_root} and {hr_root} "
-                            f"({shown}); LR and HR files are paired by file name, make the folders match")
+                            f"({first_few(missing)}); LR and HR files are paired by file name, make the folders match")
         self.pairs = [(lr, hr) for _, hr, lr in pairs]
         self.load_size = load_size
 
@@ -35,7 +34,8 @@ class PairedDataset(Dataset):
         lr_path, hr_path = self.pairs[index]
         hr = read_rgb(hr_path)
         if hr.shape[:2] != (self.load_size, self.load_size):
-            raise UserError(f"{hr_path}: HR is {hr.shape[1]}x{hr.shape[0]}, expected {self.load_size}x{self.load_size}; "
+            raise UserError(f"{hr_path}: HR is {hr.shape[1]}x{hr.shape[0]}, expected "
+                            f"{self.load_size}x{self.load_size}; "
                             f"prepare HR crops with python -m data.prepare_celeba or set --load_size")
         size = (self.load_size, self.load_size)
         lr = np.asarray(resize_bicubic(Image.fromarray(read_rgb(lr_path)), size))

@@ -34,8 +34,8 @@ from PIL import Image
 from data.degradation import center_square, resize_bicubic
 from data.make_lr import write_lr_files
 from utils.errors import UserError, run_cli
-from utils.evaluation.output_folder import check_output_folder
 from utils.image_io import index_by_stem, is_image_file, read_rgb, write_rgb
+from utils.output_folder import check_output_folder
 from utils.progress import progress_bar
 
 ALIGNED_SIZE = (178, 218)
@@ -56,9 +56,11 @@ def parse_box(values):
         raise UserError(f"--box {' '.join(values)}: give four integers LEFT TOP RIGHT BOTTOM or 'auto'")
     left, top, right, bottom = box
     if not (0 <= left < right <= ALIGNED_SIZE[0] and 0 <= top < bottom <= ALIGNED_SIZE[1]):
-        raise UserError(f"--box {' '.join(values)}: must lie inside the {ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]} aligned image")
+        raise UserError(f"--box {' '.join(values)}: must lie inside the {ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]} "
+                        f"aligned image")
     if right - left != bottom - top:
-        raise UserError(f"--box {' '.join(values)}: {right - left}x{bottom - top} is not square; faces would be stretched")
+        raise UserError(f"--box {' '.join(values)}: {right - left}x{bottom - top} is not square; faces would be "
+                        f"stretched")
     return box
 
 
@@ -111,7 +113,8 @@ def prepare_one(item, out, box, size, lr_scale, make_test_lr):
     img = read_rgb(path)
     if box is not None and (img.shape[1], img.shape[0]) != ALIGNED_SIZE:
         raise UserError(f"{path}: {img.shape[1]}x{img.shape[0]}, the crop box expects a "
-                        f"{ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]} img_align_celeba image; pass --box auto for a centred square")
+                        f"{ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]} img_align_celeba image; pass --box auto for a centred "
+                        f"square")
     hr = np.asarray(crop_face(Image.fromarray(img), box, size))
     write_rgb(out / "HR" / f"{stem}.png", hr)
     if make_test_lr:
@@ -149,7 +152,8 @@ def main(argv=None):
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--src", required=True, help="img_align_celeba folder (178x218 JPEGs named by id)")
     parser.add_argument("--out", required=True, help="output folder; HR/ (and LR/, LR_bicubic/) are written inside")
-    parser.add_argument("--partition", default=None, help="CelebA list_eval_partition.txt, needed by --split train|val|test")
+    parser.add_argument("--partition", default=None,
+                        help="CelebA list_eval_partition.txt, needed by --split train|val|test")
     parser.add_argument("--split", choices=["train", "val", "test", "all"], default="all",
                         help="official split to prepare (default all images of --src)")
     parser.add_argument("--exclude", default=None, help="text file of ids to leave out, one per line")
@@ -170,7 +174,8 @@ def main(argv=None):
     if args.make_test_lr and (args.lr_scale < 1 or args.size % args.lr_scale):
         raise UserError(f"--size {args.size} is not divisible by --lr_scale {args.lr_scale}; pick sizes that divide")
     if args.split != "all" and args.partition is None:
-        raise UserError(f"--split {args.split} needs --partition list_eval_partition.txt (CelebA's official split file)")
+        raise UserError(f"--split {args.split} needs --partition list_eval_partition.txt (CelebA's official split "
+                        f"file)")
     index = index_by_stem(args.src)
     partition = read_partition(args.partition) if args.partition else None
     exclude = read_ids(args.exclude) if args.exclude else set()

@@ -6,16 +6,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data.degradation import resize_bicubic
-from utils.errors import UserError
+from data.image_tensor import to_tensor
+from utils.errors import UserError, first_few
 from utils.image_io import index_by_stem, read_rgb
-from utils.image_tensor import to_tensor
 
 log = logging.getLogger("hybrimamba")
-SHOWN = 5
-
-
-def _shown(paths):
-    return ", ".join(map(str, paths[:SHOWN])) + (f" (+{len(paths) - SHOWN} more)" if len(paths) > SHOWN else "")
 
 
 def readable_sizes(paths, skip_bad=False):
@@ -32,7 +27,7 @@ def readable_sizes(paths, skip_bad=False):
     if bad and not skip_bad:
         raise UserError(f"{bad[0][1]} (or pass --skip_bad_images to leave out the {len(bad)} unreadable input(s))")
     if bad:
-        log.warning(f"notice: skipping {len(bad)} unreadable input(s): {_shown([p for p, _ in bad])}")
+        log.warning(f"notice: skipping {len(bad)} unreadable input(s): {first_few([p for p, _ in bad])}")
     if not sizes:
         raise UserError(f"none of the {len(paths)} input(s) is a readable image")
     return sizes

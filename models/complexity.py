@@ -23,9 +23,8 @@ from models.fwm import FourierBranch, WaveletBranch
 from models.image_ssm import DIRECTIONS, ImageSSM
 from models.lem import LEM
 from models.norms import RMSNorm
+from models.paper import HYBRIMAMBA as PAPER
 from models.sampling import Downsample, Upsample
-
-PAPER = {"params": 15.1e6, "flops": 19.7e9}
 
 # Parameter kinds, matched on the nearest enclosing module of these classes.
 _KINDS = (
@@ -44,7 +43,8 @@ _KINDS = (
 
 def parameter_breakdown(model):
     """(per top-level child, per kind) parameter counts as two ordered dicts."""
-    per_child = OrderedDict((name, sum(p.numel() for p in child.parameters())) for name, child in model.named_children())
+    per_child = OrderedDict((name, sum(p.numel() for p in child.parameters()))
+                            for name, child in model.named_children())
     per_kind = defaultdict(int)
 
     def visit(module):
@@ -110,7 +110,7 @@ def count_complexity(model, size=(128, 128), batch=1):
 
     was_training = model.training
     model.eval()
-    x = torch.randn(batch, model.config["in_chans"], *size, device=next(model.parameters()).device)
+    x = torch.randn(batch, model.config.in_chans, *size, device=next(model.parameters()).device)
     with _count_extra_ops(model) as extra, torch.no_grad():
         _, _, layers = thop.profile(model, inputs=(x,), verbose=False, ret_layer_info=True)
     model.train(was_training)
@@ -129,7 +129,7 @@ def count_complexity(model, size=(128, 128), batch=1):
         per_stage[name] = (macs, flops)
     per_child, per_kind = parameter_breakdown(model)
     return {
-        "input": [batch, model.config["in_chans"], *size],
+        "input": [batch, model.config.in_chans, *size],
         "params": sum(p.numel() for p in model.parameters()),
         "params_per_stage": per_child,
         "params_per_kind": per_kind,
@@ -144,7 +144,7 @@ def count_complexity(model, size=(128, 128), batch=1):
 def measure_latency(model, size=(128, 128), batch=1, repeats=3, warmup=1):
     """Median wall-clock seconds of one no-grad forward pass on the model's device."""
     device = next(model.parameters()).device
-    x = torch.randn(batch, model.config["in_chans"], *size, device=device)
+    x = torch.randn(batch, model.config.in_chans, *size, device=device)
     times = []
     was_training = model.training
     model.eval()
@@ -174,18 +174,20 @@ def format_report(stats, latency=None, device=None, backend=None):
     lines += ["", f"{'parameters by kind':<52}{'(M)':>10}"]
     lines += [f"  {kind:<50}{n / m:>10.3f}" for kind, n in stats["params_per_kind"].items()]
     lines += ["", f"{'operations by kind':<40}{'MACs (G)':>11}{'FLOPs (G)':>11}"]
-    lines += [f"  {kind:<38}{macs / g:>11.3f}{flops / g:>11.3f}" for kind, (macs, flops) in stats["ops_per_kind"].items()]
+    lines += [f"  {kind:<38}{macs / g:>11.3f}{flops / g:>11.3f}"
+              for kind, (macs, flops) in stats["ops_per_kind"].items()]
     thop_macs = stats["ops_per_kind"]["thop (conv/linear/norm)"][0]
     authors_graph = thop_macs - stats["thop_macs_per_stage"].get("dec3", 0.0)
     lines += [
         "",
         "paper (Table 1) vs this implementation",
-        f"  params: paper {PAPER['params'] / m:.1f} M, ours {stats['params'] / m:.2f} M "
+        f"  params: paper {PAPER.params / m:.1f} M, ours {stats['params'] / m:.2f} M "
         f"({stats['params'] / m - stats['params_per_stage'].get('dec3', 0) / m:.2f} M without the last decoder stage).",
         "    Ours builds and runs the last decoder stage (the authors' code builds it but never calls it,",
         "    so a parameter count of their running graph can leave it out); the rest of the gap is not",
         "    explained by the published description (the 3x3 wavelet conv on d_inner channels dominates).",
-        f"  FLOPs:  paper {PAPER['flops'] / g:.1f} G, ours {stats['macs'] / g:.2f} G MACs = {stats['flops'] / g:.2f} G FLOPs; "
+        f"  FLOPs:  paper {PAPER.flops / g:.1f} G, ours {stats['macs'] / g:.2f} G MACs = "
+        f"{stats['flops'] / g:.2f} G FLOPs; "
         f"thop alone counts {thop_macs / g:.2f} G MACs.",
         f"    thop on the graph the authors' code runs (no last decoder stage): {authors_graph / g:.2f} G MACs.",
         "    The paper's '19.7G' is most likely such a thop count, i.e. MACs (thop and fvcore report MACs",

@@ -4,11 +4,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.errors import UserError
+from models.config import HybriMambaConfig, check_scan_backend
 from models.pretrained import DEFAULT_TASK, FOLDER_FILE, SUFFIX, Release, read_release, write_release
 from models.sampling import Downsample, Upsample
-from models.selective_scan import BACKENDS
 from models.stage import Stage
+from utils.errors import UserError
 
 NO_WEIGHT_DECAY = ("A_logs", "Ds")
 LEAKY_SLOPE = 0.01  # PyTorch's default, as in the authors' nn.LeakyReLU(inplace=True) (spec 2)
@@ -21,22 +21,26 @@ class HybriMamba(nn.Module):
     Widths with C = embed_dim: encoder C, 2C, 4C at H, H/2, H/4; bottleneck 4C; decoder 8C, 4C,
     2C (each decoder stage sees the concatenation with its skip). The network predicts a
     residual added to its input.
+
+    Built from a ``HybriMambaConfig`` or from its fields as keywords (``HybriMamba(embed_dim=8)``);
+    ``model.config`` is the config. ``scan_backend`` is one of ``models.config.SCAN_BACKENDS``.
     """
 
-    def __init__(self, in_chans=3, embed_dim=32, depth=2, n_layers=2, expand=1.5, d_state=8, mlp_ratio=2.0,
-                 scan_backend="auto"):
+    def __init__(self, config=None, *, scan_backend="auto", **fields):
         super().__init__()
-        if scan_backend not in BACKENDS:
-            raise ValueError(f"scan_backend must be one of {', '.join(BACKENDS)}, not {scan_backend!r}")
-        c = embed_dim
-        self.config = dict(in_chans=in_chans, embed_dim=embed_dim, depth=depth, n_layers=n_layers, expand=expand,
-                           d_state=d_state, mlp_ratio=mlp_ratio)
+        if config is None:
+            config = HybriMambaConfig.from_dict(fields, "HybriMamba(...)")
+        elif fields:
+            raise TypeError(f"HybriMamba: pass a config or its fields ({', '.join(fields)}), not both")
+        check_scan_backend(scan_backend)
+        self.config = config
+        in_chans, c = config.in_chans, config.embed_dim
         # What a release file says about the weights (models/pretrained.py); from_pretrained fills them.
         self.task, self.provenance = dict(DEFAULT_TASK), {}
 
         def stage(dim):
-            return Stage(dim, depth=depth, n_layers=n_layers, mlp_ratio=mlp_ratio, expand=expand, d_state=d_state,
-                         scan_backend=scan_backend)
+            return Stage(dim, depth=config.depth, n_layers=config.n_layers, mlp_ratio=config.mlp_ratio,
+                         expand=config.expand, d_state=config.d_state, scan_backend=scan_backend)
 
         self.shallow = nn.Sequential(nn.Conv2d(in_chans, c, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
         self.enc0 = stage(c)
@@ -76,7 +80,7 @@ class HybriMamba(nn.Module):
     @classmethod
     def from_release(cls, release, device="cpu", scan_backend="auto", source="the release"):
         """``from_pretrained`` for a ``models.pretrained.Release`` already read; ``source`` names it in errors."""
-        model = cls(**release.config, scan_backend=scan_backend)
+        model = cls(release.config, scan_backend=scan_backend)
         try:
             model.load_state_dict(release.state_dict)
         except RuntimeError as err:
@@ -92,13 +96,12 @@ class HybriMamba(nn.Module):
         path = Path(path)
         file = path if path.suffix == SUFFIX else path / FOLDER_FILE
         provenance = {**self.provenance, **(provenance or {})}
-        release = Release(self.state_dict(), dict(self.config), dict(self.task), provenance)
+        release = Release(self.state_dict(), self.config, dict(self.task), provenance)
         return write_release(file, release)
 
     def set_scan_backend(self, name):
-        """Switch the selective-scan backend of every Image-SSM (one of selective_scan.BACKENDS)."""
-        if name not in BACKENDS:
-            raise ValueError(f"scan_backend must be one of {', '.join(BACKENDS)}, not {name!r}")
+        """Switch the selective-scan backend of every Image-SSM (one of models.config.SCAN_BACKENDS)."""
+        check_scan_backend(name)
         for module in self.modules():
             if hasattr(module, "scan_backend"):
                 module.scan_backend = name

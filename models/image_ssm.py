@@ -55,12 +55,13 @@ class ImageSSM(nn.Module):
     run as one grouped selective scan (layout of mamba-ssm's ``selective_scan_fn``).
     """
 
-    def __init__(self, d_inner, d_state=8, dt_rank=None, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4,
-                 scan_backend="auto"):
+    def __init__(self, d_inner, *, dt_rank, d_state=8, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4, scan_backend="auto"):
+        # dt_rank has no default: the spec's R = ceil(d / 16) is of the Mamba block's width d, which this
+        # module does not see (MambaBlock passes it).
         super().__init__()
         k = DIRECTIONS
         self.d_state = d_state
-        self.dt_rank = dt_rank or math.ceil(d_inner / 16)
+        self.dt_rank = dt_rank
         self.scan_backend = scan_backend
         r = self.dt_rank
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * d_state, d_inner))
@@ -98,7 +99,8 @@ class ImageSSM(nn.Module):
         precise = torch.promote_types(self.A_logs.dtype, torch.float32)
         ys = selective_scan(
             xs.reshape(b, k * d, -1), dts.reshape(b, k * d, -1), -torch.exp(self.A_logs.to(precise)),
-            bs.contiguous(), cs.contiguous(), D=self.Ds.to(precise), delta_bias=self.dt_proj_bias.reshape(-1).to(precise),
+            bs.contiguous(), cs.contiguous(), D=self.Ds.to(precise),
+            delta_bias=self.dt_proj_bias.reshape(-1).to(precise),
             delta_softplus=True, backend=self.scan_backend,
         )
         # The merge and the symmetry step stay in float32 under autocast, like the scan's arithmetic.

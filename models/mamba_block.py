@@ -1,4 +1,4 @@
-"""MambaBlock, its residual RMSNorm layer, and the stacked "HybriMamba" mixer of a Stage."""
+"""MambaBlock, its residual RMSNorm layer, and HybriMambaMixer (the paper's "HybriMamba" box of a stage)."""
 import math
 
 from torch import nn
@@ -46,7 +46,7 @@ class MambaLayer(nn.Module):
 
 
 class HybriMambaMixer(nn.Sequential):
-    """The "HybriMamba" box of a Stage: ``n_layers`` residual Mamba layers; (B, H, W, d) -> same."""
+    """The paper's "HybriMamba" box of a stage: ``n_layers`` residual Mamba layers; (B, H, W, d) -> same."""
 
     def __init__(self, dim, n_layers=2, **block_kwargs):
         super().__init__(*(MambaLayer(dim, **block_kwargs) for _ in range(n_layers)))

@@ -24,10 +24,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.errors import UserError
 from models.fwm import FourierBranch
 from models.image_ssm import DIRECTIONS, ImageSSM, cross_merge, cross_scan, per_direction_matmul
 from models.pretrained import metadata
+from utils.atomic_file import atomic_output
+from utils.errors import UserError
 
 try:  # torch.scan-to-be, which the ONNX exporter writes as one Scan loop (not in every torch the project runs on)
     from torch._higher_order_ops.scan import scan
@@ -227,13 +228,11 @@ def export_onnx(model, path, size=128, dynamic=False):
     multiple of 4), or with ``dynamic`` any B and any H, W that are multiples of 8. The model's config,
     task and provenance go into the file's metadata, as in a release file.
     """
-    from utils.atomic_file import atomic_output  # at import time a cycle while models.errors is utils.errors' source
-
     for package in ("onnx", "onnxscript"):
         require(package, "ONNX export")
     path = Path(path)
     friendly = onnx_friendly(model).float().cpu().eval()
-    channels = model.config["in_chans"]
+    channels = model.config.in_chans
     if dynamic:
         example, shapes = dynamic_example(channels)
     else:

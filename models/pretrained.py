@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from models.errors import UserError
+from models.config import HybriMambaConfig
+from utils.atomic_file import atomic_output
+from utils.errors import UserError
 
 SUFFIX = ".safetensors"
 # The model that ships with the project (pretrained/README.md): what test.sh, the demo, torch.hub and
@@ -31,9 +33,6 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "HybriMamba
 FOLDER_FILE = "model.safetensors"  # the file save_pretrained writes into a folder
 FORMAT = "hybrimamba"
 FORMAT_VERSION = "1"
-# The network configuration a release stores, with each value's type (HybriMamba's keyword arguments).
-CONFIG_TYPES = {"in_chans": int, "embed_dim": int, "depth": int, "n_layers": int, "expand": float, "d_state": int,
-                "mlp_ratio": float}
 TASK_TYPES = {"scale_factor": int, "load_size": int}
 DEFAULT_TASK = {"scale_factor": 8, "load_size": 128}
 
@@ -42,7 +41,7 @@ DEFAULT_TASK = {"scale_factor": 8, "load_size": 128}
 class Release:
     """What a release file holds: weights, network configuration, task and provenance."""
     state_dict: dict
-    config: dict
+    config: HybriMambaConfig
     task: dict = field(default_factory=lambda: dict(DEFAULT_TASK))
     provenance: dict = field(default_factory=dict)
 
@@ -126,7 +125,9 @@ def read_release(path):
         config, task, provenance = (json.loads(meta.get(key, "{}")) for key in ("config", "task", "provenance"))
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: damaged metadata ({err.msg}); copy the file again") from None
-    config = _typed(config, CONFIG_TYPES, "config", path)
+    config = HybriMambaConfig.from_dict(config, path) if isinstance(config, dict) else None
+    if config is None:
+        raise UserError(f"{path}: its config is not a JSON object; the file is damaged or not a HybriMamba release")
     if not isinstance(provenance, dict):
         raise UserError(f"{path}: its provenance is not a JSON object; copy the file again")
     if weights_checksum(state) != meta.get("weights_sha256"):
@@ -148,7 +149,7 @@ def metadata(config, task, provenance, path):
     """The string-to-string metadata that describes a network (module docstring), checked; ``path`` names the
     file in errors. ONNX exports carry it too."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "config": json.dumps(_typed(config, CONFIG_TYPES, "config", path), sort_keys=True),
+            "config": json.dumps(config.to_dict(), sort_keys=True),
             "task": json.dumps(_typed(task, TASK_TYPES, "task", path), sort_keys=True),
             "provenance": json.dumps(provenance, sort_keys=True, default=str)}
 
@@ -157,7 +158,6 @@ def write_release(path, release, replace=False):
     """Write ``release`` to ``path`` (a ``.safetensors`` file) atomically: a temporary file in the same
     folder, then a rename, so an interrupted write leaves no partial file and no damaged old one. An
     existing file that is not a release is replaced only with ``replace``."""
-    from utils.atomic_file import atomic_output  # at import time a cycle while models.errors is utils.errors' source
     path = Path(path)
     if path.suffix != SUFFIX:
         raise UserError(f"{path}: a release file ends in {SUFFIX}")

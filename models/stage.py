@@ -1,4 +1,6 @@
-"""Stage ("HybriMamba Blocks"): depth x (Mamba mixer, LEM), each pre-LayerNorm and residual."""
+"""Stage, the paper's "HybriMamba Blocks": ``depth`` HybriMamba blocks, each a HybriMamba mixer then a LEM,
+both pre-LayerNorm and residual. (The paper calls the mixer "HybriMamba", the network's name; here it is
+``HybriMambaMixer`` and "HybriMamba" is only the network.)"""
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -8,7 +10,7 @@ from models.mamba_block import HybriMambaMixer
 
 
 class HybriMambaBlock(nn.Module):
-    """x = x + HybriMamba(LN(x)); x = x + LEM(LN(x)); (B, H, W, d) -> same."""
+    """x = x + HybriMambaMixer(LN(x)); x = x + LEM(LN(x)); (B, H, W, d) -> same."""
 
     def __init__(self, dim, n_layers=2, mlp_ratio=2.0, **block_kwargs):
         super().__init__()

@@ -10,11 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from models.config import SCAN_BACKENDS, HybriMambaConfig, bounds_problem
 from utils.errors import UserError
-
-# The options that define the network; they travel with every checkpoint.
-NETWORK_OPTIONS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
-SCAN_BACKENDS = ("auto", "cuda", "triton", "cpp", "torch", "ref")
 
 
 def default_loader_workers():
@@ -55,6 +52,24 @@ def positive(kind):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def network_field_type(f):
+    """argparse type of the flag of ``HybriMambaConfig`` field ``f``: its number type and bounds."""
+    def parse(text):
+        value = f.metadata["type"](text)
+        problem = bounds_problem(f, value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+    parse.__name__ = f.metadata["type"].__name__
+    return parse
+
+
+def add_network_options(group):
+    """One flag per ``HybriMambaConfig`` option field, with its type, bounds, default and help."""
+    for f in HybriMambaConfig.option_fields():
+        group.add_argument(f"--{f.name}", type=network_field_type(f), default=f.default, help=f.metadata["help"])
 
 
 def non_negative(kind):
@@ -100,7 +115,8 @@ class BaseOptions:
                              "set CUDA_VISIBLE_DEVICES to choose which); 0 or no CUDA = CPU. "
                              "Under torchrun each process uses one GPU and this only switches CPU (0) vs GPU")
         hw.add_argument("--num_threads", type=non_negative(int), default=default_loader_workers(),
-                        help="DataLoader worker processes (0 = load in the main process)")
+                        help="DataLoader worker processes (0 = load in the main process); not torch's threads, "
+                             "which OMP_NUM_THREADS sets")
         hw.add_argument("--scan_backend", choices=SCAN_BACKENDS, default="auto",
                         help="selective-scan implementation: auto = cuda (mamba-ssm) on GPU if installed, else "
                              "triton on GPU; on CPU the compiled cpp scan if it builds; else torch")
@@ -121,13 +137,7 @@ class BaseOptions:
         net.add_argument("--Gnorm", default="bn",
                          help="accepted for compatibility with the seed's scripts; HybriMamba uses "
                               "LayerNorm/RMSNorm, so this has no effect")
-        net.add_argument("--embed_dim", type=positive(int), default=32, help="channels C of the first stage")
-        net.add_argument("--depth", type=positive(int), default=2,
-                         help="(HybriMamba, LEM) pairs per stage")
-        net.add_argument("--n_layers", type=positive(int), default=2, help="Mamba layers per HybriMamba block")
-        net.add_argument("--expand", type=positive(float), default=1.5, help="Mamba inner width = expand x width")
-        net.add_argument("--d_state", type=positive(int), default=8, help="SSM state size N")
-        net.add_argument("--mlp_ratio", type=positive(float), default=2.0, help="LEM hidden width ratio")
+        add_network_options(net)
         net.add_argument("--pretrain_model_path", default=None, help=self.pretrain_help)
 
     dataroot_help = "input images"
@@ -153,6 +163,7 @@ class BaseOptions:
         return sorted({flags[word.split("=", 1)[0]] for word in argv if word.split("=", 1)[0] in flags})
 
     def validate(self, opt):
+        network_config(opt)  # the network options together (each flag alone is checked by its type)
         if "/" in opt.name or "\\" in opt.name or opt.name in ("", ".", ".."):
             raise UserError(f"--name '{opt.name}' must be a plain folder name (no path separators)")
 
@@ -185,5 +196,5 @@ class BaseOptions:
 
 
 def network_config(opt):
-    """The HybriMamba keyword arguments selected by the options."""
-    return {k: getattr(opt, k) for k in NETWORK_OPTIONS}
+    """The ``HybriMambaConfig`` the parsed options select."""
+    return HybriMambaConfig.from_options(vars(opt), "command line")

@@ -27,7 +27,8 @@ class TestOptions(BaseOptions):
     def add_phase_options(self, parser):
         data = parser.add_argument_group("test data")
         data.add_argument("--dataset_name", choices=("single", "paired"), default="single",
-                          help="single = LR folder only; paired = LR folder (--dataroot) with HR folder (--hr_dir)")
+                          help="single = a folder of LR faces (the seed's value); paired is accepted for older "
+                               "scripts and means the same as single: --hr_dir alone adds the scores")
         data.add_argument("--batch_size", type=positive(int), default=8, help="images per forward pass")
         data.add_argument("--skip_bad_images", action="store_true",
                           help="leave out unreadable inputs with a notice instead of stopping (every input is "
@@ -56,3 +57,10 @@ class TestOptions(BaseOptions):
             raise UserError("--lpips needs --hr_dir (the ground truth to compare with)")
         if opt.save_as_dir is None:
             opt.save_as_dir = f"result/{opt.name}"
+
+    def notices(self, opt):
+        lines = super().notices(opt)
+        if opt.dataset_name == "paired":
+            lines.append("--dataset_name paired does nothing beyond --hr_dir (the outputs are paired with it by "
+                         "file stem); drop it")
+        return lines

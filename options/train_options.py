@@ -88,8 +88,9 @@ class TrainOptions(BaseOptions):
         ckpt.add_argument("--continue_train", nargs="?", const=True, default=False, type=resume_mode, metavar="auto",
                           help="resume exactly from <ckpt_dir>/<name>/latest.pt (weights, optimizer, schedule, "
                                "iteration, data order, RNG); '--continue_train auto' resumes when latest.pt "
-                               "exists and starts a new run otherwise (job scripts that are requeued unchanged); --lr and the "
-                               "other optimizer/schedule options typed on the command line replace the checkpoint's")
+                               "exists and starts a new run otherwise (job scripts that are requeued unchanged); "
+                               "--lr and the other optimizer/schedule options typed on the command line replace "
+                               "the checkpoint's")
         ckpt.add_argument("--overwrite", action="store_true",
                           help="start a new run although <ckpt_dir>/<name>/ holds checkpoints: the earlier run's "
                                "folders are renamed to <name>.replaced-<time> (never deleted)")

@@ -200,7 +200,7 @@ def count_indices(p, prefix):
 
 
 def hybrimamba_block(p, prefix, x):
-    """x = x + HybriMamba(LN(x)) (n_layers Mamba layers); x = x + LEM(LN(x)); (B, H, W, d)."""
+    """x = x + HybriMambaMixer(LN(x)) (n_layers Mamba layers); x = x + LEM(LN(x)); (B, H, W, d)."""
     mixed = layer_norm(x, p[f"{prefix}.norm1.weight"], p[f"{prefix}.norm1.bias"])
     for i in range(count_indices(p, f"{prefix}.mixer")):
         mixed = mamba_layer(p, f"{prefix}.mixer.{i}", mixed)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from models import HybriMamba
+from models.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
 from utils.errors import UserError
-from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
 
 TINY = dict(embed_dim=8, depth=1, n_layers=1)
 

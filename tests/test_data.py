@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data import CelebADataset, PairedDataset, SingleDataset, create_dataset
-from data import prepare_celeba
+from data import CelebADataset, PairedDataset, SingleDataset, create_dataset, prepare_celeba
 from data.augmentation import random_flip_scale
 from utils.errors import UserError
 
@@ -286,7 +285,8 @@ def test_prepare_celeba_size_check_and_auto_box(tmp_path):
     expected = Image.open(path).crop((0, 5, 90, 95)).resize((64, 64), Image.BICUBIC)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "HR" / "odd.png")), np.asarray(expected))
     with pytest.raises(UserError, match="not square"):
-        prepare_celeba.main(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--box", "0", "0", "10", "20"])
+        prepare_celeba.main(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "o"),
+                             "--box", "0", "0", "10", "20"])
 
 
 # --- make_lr ----------------------------------------------------------------------------------

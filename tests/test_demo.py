@@ -33,7 +33,7 @@ def lfw_face(index):
 
 def windows_24(face):
     """The 8 possible 24x24 training windows of a 25x25 face (offsets 0/1, mirrored or not)."""
-    crops = [face[t:t + 24, l:l + 24] for t in (0, 1) for l in (0, 1)]
+    crops = [face[top:top + 24, left:left + 24] for top in (0, 1) for left in (0, 1)]
     return crops + [c[:, ::-1] for c in crops]
 
 
@@ -166,6 +166,9 @@ def test_demo_options_are_checked():
         demo.parse_args(["--load_size", "26"])
     with pytest.raises(UserError, match="--iters 0"):
         demo.parse_args(["--iters", "0"])
+    # --torch_threads sets torch's threads (train.py's --num_threads counts DataLoader workers); --threads: old name
+    assert demo.parse_args(["--torch_threads", "3"]).torch_threads == 3
+    assert demo.parse_args(["--threads", "2"]).torch_threads == 2
 
 
 def test_output_folder_is_reused_only_when_the_demo_made_it(tmp_path):
@@ -201,7 +204,8 @@ def test_lpips_is_used_only_where_it_can_run(tmp_path, monkeypatch):
     cached.write_bytes(b"")
     assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)[0] == ["--lpips"]
     monkeypatch.setenv("HYBRIMAMBA_LPIPS_BACKBONE", "alex.pth")
-    assert demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)[0] == ["--lpips", "--backbone_weights", "alex.pth"]
+    flags = demo.lpips_backbone(demo.parse_args(["--load_size", "32"]), 32)[0]
+    assert flags == ["--lpips", "--backbone_weights", "alex.pth"]
 
 
 def y_psnr(gt, sr):

@@ -207,8 +207,10 @@ def test_results_table_two_datasets_bicubic_stats_and_paper_rows(tmp_path):
     stats.write_text(json.dumps({"params": 15_123_456, "flops": 19.74e9, "macs": 9.87e9}))
     out = tmp_path / "table.md"
     res = run("-m", "utils.evaluation.results_table",
-              "--hr_dir", tmp_path / "Helen" / "hr", "--dataset_name", "Helen", "--sr_dirs", tmp_path / "Helen" / "MyNet",
-              "--hr_dir", tmp_path / "CelebA" / "hr", "--dataset_name", "CelebA", "--sr_dirs", tmp_path / "CelebA" / "MyNet",
+              "--hr_dir", tmp_path / "Helen" / "hr", "--dataset_name", "Helen",
+              "--sr_dirs", tmp_path / "Helen" / "MyNet",
+              "--hr_dir", tmp_path / "CelebA" / "hr", "--dataset_name", "CelebA",
+              "--sr_dirs", tmp_path / "CelebA" / "MyNet",
               "--bicubic", "--model_stats", f"MyNet={stats}", "--with_paper", "--out", out)
     assert res.returncode == 0, res.stderr
     header, rows = table_rows(out)
@@ -220,7 +222,8 @@ def test_results_table_two_datasets_bicubic_stats_and_paper_rows(tmp_path):
         assert float(row[col]) == pytest.approx(np.mean([p for p, _ in refs]), abs=0.006)
         assert float(row[col + 1]) == pytest.approx(np.mean([s for _, s in refs]), abs=6e-5)
         assert row[col + 2] == "-"
-    assert rows["HybriMamba (paper)"][1:] == ["15.1M", "19.7G", "28.33", "0.8375", "0.1621", "28.43", "0.8250", "0.1638"]
+    assert rows["HybriMamba (paper)"][1:] == ["15.1M", "19.7G", "28.33", "0.8375", "0.1621",
+                                              "28.43", "0.8250", "0.1638"]
     assert out.read_text() in res.stdout
     # the convention: beside each value on the terminal, and under the table in the file
     per_method = [ln for ln in res.stdout.splitlines() if " / " in ln and "PSNR" in ln]
@@ -253,7 +256,8 @@ def test_side_by_side_layout_and_tiles(tmp_path):
         save(tmp_path / "sr" / f"{i}.png", noisy(hrs[i], i))
         save(tmp_path / "hr" / f"{i}.png", hrs[i])
     out = tmp_path / "fig.png"
-    res = run("-m", "utils.evaluation.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr", "--hr", tmp_path / "hr",
+    res = run("-m", "utils.evaluation.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr",
+              "--hr", tmp_path / "hr",
               "--bicubic", "--n", "3", "--per_row", "2", "--out", out)
     assert res.returncode == 0, res.stderr
     fig = load(out)
@@ -275,7 +279,8 @@ def test_side_by_side_zoom_replicates_pixels(tmp_path):
     save(tmp_path / "sr" / "a.png", hr)
     save(tmp_path / "hr" / "a.png", hr)
     out = tmp_path / "fig.png"
-    res = run("-m", "utils.evaluation.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr", "--hr", tmp_path / "hr",
+    res = run("-m", "utils.evaluation.side_by_side", "--lr", tmp_path / "lr", "--sr", tmp_path / "sr",
+              "--hr", tmp_path / "hr",
               "--zoom", "3", "--out", out)
     assert res.returncode == 0, res.stderr
     fig = load(out)

@@ -154,6 +154,11 @@ def test_test_options_requirements():
         TestOptions().parse([*base, "--pretrain_model_path", "m.pt", "--lpips"])
     with pytest.raises(UserError, match="paired needs --hr_dir"):
         TestOptions().parse([*base, "--pretrain_model_path", "m.pt", "--dataset_name", "paired"])
+    options = TestOptions()
+    paired = options.parse([*base, "--pretrain_model_path", "m.pt", "--dataset_name", "paired", "--hr_dir", "hr"])
+    assert options.notices(paired) == ["--dataset_name paired does nothing beyond --hr_dir (the outputs are paired "
+                                       "with it by file stem); drop it"]
+    assert options.notices(options.parse([*base, "--pretrain_model_path", "m.pt", "--hr_dir", "hr"])) == []
     opt = TestOptions().parse([*base, "--pretrain_model_path", "m.pt", "--name", "run1", "--no_ema",
                                "--y_convention", "round", "--batch_size", "3", "--scan_backend", "ref"])
     assert opt.save_as_dir == "result/run1" and opt.no_ema and opt.y_convention == "round"
@@ -195,4 +200,5 @@ def test_default_loader_workers_fit_the_cpus(monkeypatch, cpus, workers):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     opt = TestOptions().parse(["--dataroot", "lr", "--pretrain_model_path", "m.pt"])
     assert opt.num_threads == workers
-    assert TestOptions().parse(["--dataroot", "lr", "--pretrain_model_path", "m.pt", "--num_threads", "6"]).num_threads == 6
+    opt = TestOptions().parse(["--dataroot", "lr", "--pretrain_model_path", "m.pt", "--num_threads", "6"])
+    assert opt.num_threads == 6

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from models.checkpoint import load_checkpoint
 from options import TrainOptions
 from tests.conftest import ROOT
 from tests.test_train import free_port, make_faces, run_training, tensor_leaves, train_argv
-from utils.training.checkpoint import load_checkpoint
 from utils.training.stop_signals import EXIT_STOPPED, ignore_stop_signals
 from utils.training.trainer import Trainer, train
 

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from models import HybriMamba
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.pretrained import SHIPPED_MODEL
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT
 from utils.demo.faces import astronaut_face
 from utils.errors import UserError
-from utils.training.checkpoint import load_checkpoint, save_checkpoint
 from utils.training.export_model import export_model
 
 SHIPPED = SHIPPED_MODEL
@@ -43,8 +43,8 @@ def psnr_y(hr, sr):
 def test_shipped_model_is_small_and_carries_its_network():
     assert SHIPPED.stat().st_size < 5 * 2**20
     model = HybriMamba.from_pretrained(SHIPPED)
-    assert model.config == {"in_chans": 3, "embed_dim": 16, "depth": 1, "n_layers": 1, "expand": 1.0, "d_state": 4,
-                            "mlp_ratio": 2.0}
+    assert model.config.to_dict() == {"in_chans": 3, "embed_dim": 16, "depth": 1, "n_layers": 1, "expand": 1.0,
+                                      "d_state": 4, "mlp_ratio": 2.0}
     assert model.task == {"scale_factor": 8, "load_size": 128}
     assert model.provenance["iterations"] == 1800 and model.provenance["weights"] == "EMA"
     assert model.provenance["training_command"].startswith("python train.py ")
@@ -88,7 +88,7 @@ def test_export_keeps_one_set_of_weights_and_the_network_options_only(tmp_path):
     save_checkpoint(src, {"model": raw, "ema": ema, "optimizer": {"state": {}}, "options": options, "iteration": 7})
     assert export_model(src, tmp_path / "out.pt").provenance["weights"] == "EMA"
     out = load_checkpoint(tmp_path / "out.pt")
-    assert set(out["options"]) == set(NETWORK_KEYS) | {"load_size", "scale_factor"}
+    assert set(out["options"]) == {"in_chans", *NETWORK_KEYS, "load_size", "scale_factor"}
     assert out["iteration"] == 7 and "optimizer" not in out and "ema" not in out
     assert all(torch.equal(out["model"][k], ema[k]) for k in raw)
     assert export_model(src, tmp_path / "raw.pt", prefer_ema=False).provenance["weights"] == "raw"

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from models import HybriMamba
+from models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from models.pretrained import FOLDER_FILE, SHIPPED_MODEL, read_release, weights_checksum
 from tests.conftest import ROOT
 from utils.demo.faces import astronaut_face
 from utils.errors import UserError
-from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.training.export_model import main as export_main
 
 TINY = {"embed_dim": 4, "depth": 1, "n_layers": 1, "expand": 1.0, "d_state": 4, "mlp_ratio": 2.0}
@@ -57,7 +57,7 @@ def test_a_release_is_plain_safetensors_with_json_metadata(tiny, tmp_path):
     with safetensors.safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "hybrimamba" and meta["format_version"] == "1"
-    assert json.loads(meta["config"]) == tiny.config
+    assert json.loads(meta["config"]) == tiny.config.to_dict()
     assert json.loads(meta["task"]) == {"scale_factor": 8, "load_size": 128}
     assert json.loads(meta["provenance"]) == {"scores": {"psnr": 25.0}}
     assert meta["weights_sha256"] == weights_checksum(tiny.state_dict())
@@ -76,8 +76,8 @@ def rewrite(path, tensors=None, **meta_changes):
     ("flipped byte", "do not match the checksum"),
     ("foreign", "not a HybriMamba release"),
     ("version 2", "format version '2'"),
-    ("config value", "config 'embed_dim' is 'four'"),
-    ("config key", "unknown config key"),
+    ("config value", "embed_dim"),
+    ("config key", "unknown network option"),
     ("wrong weights", "weights do not fit"),
 ])
 def test_damaged_or_foreign_files_are_one_line_errors_naming_the_file(tiny, tmp_path, damage, message):
@@ -93,12 +93,13 @@ def test_damaged_or_foreign_files_are_one_line_errors_naming_the_file(tiny, tmp_
     elif damage == "version 2":
         rewrite(path, format_version="2")
     elif damage == "config value":
-        rewrite(path, config=json.dumps({**tiny.config, "embed_dim": "four"}))
+        rewrite(path, config=json.dumps({**tiny.config.to_dict(), "embed_dim": "four"}))
     elif damage == "config key":
-        rewrite(path, config=json.dumps({**tiny.config, "heads": 2}))
+        rewrite(path, config=json.dumps({**tiny.config.to_dict(), "heads": 2}))
     else:  # the config of a wider network than the weights, checksum made to match
         state = tiny.state_dict()
-        rewrite(path, config=json.dumps({**tiny.config, "embed_dim": 8}), weights_sha256=weights_checksum(state))
+        config = json.dumps({**tiny.config.to_dict(), "embed_dim": 8})
+        rewrite(path, config=config, weights_sha256=weights_checksum(state))
     with pytest.raises(UserError, match=message) as err:
         HybriMamba.from_pretrained(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -147,7 +148,7 @@ def test_export_tool_writes_the_format_of_the_extension(tiny, tmp_path):
                         "--scores", str(tmp_path / "metrics.json")]) == 0
     model = HybriMamba.from_pretrained(tmp_path / "out.safetensors")
     assert same_weights(model.state_dict(), ema)
-    assert model.config == {**TINY, "in_chans": 3}
+    assert model.config.to_dict() == {**TINY, "in_chans": 3}
     provenance = model.provenance
     assert provenance["weights"] == "EMA" and provenance["iterations"] == 40 and provenance["source"] == "latest.pt"
     assert provenance["scores"] == {"psnr": 25.5, "ssim": 0.71, "count": 3}
@@ -158,7 +159,7 @@ def test_export_tool_writes_the_format_of_the_extension(tiny, tmp_path):
     assert export_main([str(tmp_path / "out.safetensors"), str(tmp_path / "again.pt"), "--raw"]) == 0
     legacy = load_checkpoint(tmp_path / "again.pt")
     assert same_weights(legacy["model"], ema) and legacy["iteration"] == 40
-    assert legacy["options"] == {**TINY, "load_size": 128, "scale_factor": 8}
+    assert legacy["options"] == {**TINY, "in_chans": 3, "load_size": 128, "scale_factor": 8}
 
     assert export_main([str(tmp_path / "latest.pt"), str(tmp_path / "raw.safetensors"), "--raw"]) == 0
     assert same_weights(read_release(tmp_path / "raw.safetensors").state_dict, tiny.state_dict())
@@ -205,7 +206,8 @@ def lr_faces(folder):
 def test_test_py_gives_the_same_faces_from_safetensors_and_from_the_older_pt(tmp_path):
     release = read_release(SHIPPED_MODEL)
     legacy = tmp_path / "HybriMamba-tiny-x8.pt"  # what the export tool wrote before safetensors
-    save_checkpoint(legacy, {"model": release.state_dict, "options": {**release.config, **release.task},
+    options = {k: v for k, v in release.config.to_dict().items() if k != "in_chans"}  # it stored no in_chans
+    save_checkpoint(legacy, {"model": release.state_dict, "options": {**options, **release.task},
                              "iteration": 1800, "weights": "EMA"})
     lr_faces(tmp_path / "lr")
     outputs = {}
@@ -229,7 +231,7 @@ new = torch.hub.load(root, "hybrimamba", source="local", pretrained=False, embed
 x = torch.load(sys.argv[2])
 with torch.no_grad():
     torch.save({"shipped": shipped(x), "also": also(x)}, sys.argv[3])
-print(shipped.training, new.training, new.config["embed_dim"], new.config["depth"], type(shipped).__name__)
+print(shipped.training, new.training, new.config.embed_dim, new.config.depth, type(shipped).__name__)
 try:
     torch.hub.load(root, "hybrimamba", source="local", pretrained=True, embed_dim=8)
 except ValueError as err:

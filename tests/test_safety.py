@@ -20,12 +20,12 @@ import psnr_ssim
 import train as train_script
 from data import make_lr, prepare_celeba
 from models import HybriMamba
+from models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from options import TestOptions, TrainOptions
 from tests.conftest import ROOT, file_hashes
 from tests.test_eval_scripts import reference_metrics
 from utils.errors import UserError, run_cli
 from utils.evaluation.inference import run_test
-from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.training.trainer import NonFiniteError, train
 
 TINY = {"embed_dim": 4, "depth": 1, "n_layers": 1}
@@ -242,7 +242,8 @@ def test_psnr_ssim_reports_identical_pairs_apart_from_the_mean(tmp_path, capsys)
         Image.fromarray(np.clip(img + rng.integers(-9, 10, img.shape), 0, 255).astype(np.uint8)).save(sr / name)
     psnr_ssim.main([str(gt), str(sr)])
     printed = capsys.readouterr().out
-    scores = [reference_metrics(np.asarray(Image.open(gt / n)), np.asarray(Image.open(sr / n))) for n in ("b.png", "c.png")]
+    scores = [reference_metrics(np.asarray(Image.open(gt / n)), np.asarray(Image.open(sr / n)))
+              for n in ("b.png", "c.png")]
     assert f"PSNR: {np.mean([p for p, _ in scores]):.4f} dB (Y truncate) over 2 pair(s); 1 identical pair(s) " \
            f"left out (their PSNR is infinite)" in printed
     assert f"SSIM: {np.mean([s for _, s in scores] + [1.0]):.4f} (Y truncate)" in printed
@@ -375,7 +376,8 @@ def test_schedule_options_given_on_resume_replace_the_checkpoints(trained, caplo
                                "--weight_decay", "0.5", "--beta1", "0.8", "--max_iters", 3)
     assert trainer.iteration == 3
     groups = trainer.optimizer.param_groups
-    assert groups[0]["lr"] == pytest.approx(1e-4) and groups[0]["weight_decay"] == 0.5 and groups[1]["weight_decay"] == 0
+    assert groups[0]["lr"] == pytest.approx(1e-4)
+    assert groups[0]["weight_decay"] == 0.5 and groups[1]["weight_decay"] == 0
     assert all(g["betas"] == (0.8, 0.99) for g in groups)
     assert any("--lr_milestones [1] from the command line replaces the checkpoint's [20, 40, 60, 80]" in m
                for m in caplog.messages)

@@ -205,7 +205,8 @@ def fake_mamba(monkeypatch, fresh_probe):
 
     interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
     interface.selective_scan_fn = selective_scan_fn
-    for name, module in (("mamba_ssm", types.ModuleType("mamba_ssm")), ("mamba_ssm.ops", types.ModuleType("mamba_ssm.ops")),
+    for name, module in (("mamba_ssm", types.ModuleType("mamba_ssm")),
+                         ("mamba_ssm.ops", types.ModuleType("mamba_ssm.ops")),
                          ("mamba_ssm.ops.selective_scan_interface", interface)):
         monkeypatch.setitem(sys.modules, name, module)
     return calls
@@ -255,7 +256,8 @@ def test_broken_install_gives_reason(case, tmp_path, monkeypatch, fresh_probe, n
     ops.mkdir(parents=True)
     (tmp_path / "mamba_ssm" / "__init__.py").write_text(package_init)
     (ops / "__init__.py").write_text("")
-    (ops / "selective_scan_interface.py").write_text(textwrap.dedent(interface_body) + "def selective_scan_fn(*a, **k):\n    pass\n")
+    (ops / "selective_scan_interface.py").write_text(textwrap.dedent(interface_body)
+                                                     + "def selective_scan_fn(*a, **k):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(sys.modules, "triton", None)  # as if not installed
     reason = cuda_unavailable_reason()
@@ -269,7 +271,7 @@ def test_broken_install_gives_reason(case, tmp_path, monkeypatch, fresh_probe, n
 def test_not_installed_and_unknown_backend(monkeypatch, fresh_probe):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     assert cuda_unavailable_reason() == "mamba-ssm not installed"
-    with pytest.raises(UserError, match="auto, torch, ref, cuda, triton, cpp"):
+    with pytest.raises(UserError, match="auto, cuda, triton, cpp, torch, ref"):
         resolve_backend("fast", "cpu")
 
 

@@ -1,8 +1,8 @@
 """test.py and test.sh: outputs against an independent forward pass, checkpoint layouts, EMA choice,
 scoring with --hr_dir, errors raised before inference, and the seed's commands run for real."""
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from data.single_dataset import SingleDataset
 from models import HybriMamba
+from models.checkpoint import save_checkpoint
 from options import TestOptions, TrainOptions
 from tests.conftest import ROOT, shared_path
 from tests.test_eval_scripts import assert_every_value_tagged
@@ -24,7 +25,6 @@ from utils.errors import UserError
 from utils.evaluation.folder_eval import evaluate_folders
 from utils.evaluation.inference import run_test, super_resolve
 from utils.evaluation.lpips_metric import build_lpips
-from utils.training.checkpoint import save_checkpoint
 
 TINY = {"embed_dim": 8, "depth": 1, "n_layers": 1}
 TINY_FLAGS = [f for k, v in TINY.items() for f in (f"--{k}", str(v))]

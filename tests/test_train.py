@@ -14,20 +14,22 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import utils.training.trainer as trainer_module
+from data.image_tensor import to_tensor, to_uint8
 from models import HybriMamba, image_ssm
+from models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from models.device import unwrap
 from options import TrainOptions
 from tests import network_oracle
 from tests.conftest import ROOT
-from utils.distributed import plan_devices, unwrap
 from utils.errors import UserError
 from utils.evaluation.metrics import evaluate_pair
 from utils.image_io import read_rgb
-from utils.image_tensor import to_tensor, to_uint8
-from utils.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.training.data import ResumableSampler, SeededSamples
+from utils.training.distributed import plan_devices
 from utils.training.ema import ModelEMA
 from utils.training.logger import image_grid
-from utils.training.trainer import NonFiniteError, Trainer, rng_state, set_rng_state, train
+from utils.training.state import rng_state, set_rng_state
+from utils.training.trainer import NonFiniteError, Trainer, train
 
 SIZE = 16
 TINY = ["--embed_dim", "8", "--depth", "1", "--n_layers", "1"]

@@ -1,10 +1,23 @@
-"""User-facing errors: one line that names the file and the fix, no deep traceback."""
+"""User-facing errors: one line that names the file and the fix, no deep traceback.
+
+Part of the bottom layer: imports nothing of the project's and no torch, so every package (models/
+included) and every script's --help can use it.
+"""
 import sys
 
-# Defined in models/ so that the network package needs nothing from utils/.
-from models.errors import UserError
+__all__ = ["UserError", "first_few", "run_cli", "user_message"]
+SHOWN = 5
 
-__all__ = ["UserError", "user_message", "run_cli"]
+
+def first_few(items, limit=SHOWN):
+    """The first ``limit`` items (as str) joined by ', ', then '(+k more)' for the rest: a list that keeps
+    a one-line message one line."""
+    items = [str(item) for item in items]
+    return ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+class UserError(Exception):
+    """An error caused by the user's input (a path, a file, an option); printed as one line."""
 
 
 def user_message(err):

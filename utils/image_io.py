@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -123,8 +123,8 @@ def pair_by_stem(gt_dir, sr_dir, allow_missing=False):
         only_sr = sorted(set(sr) - set(gt))
         shown = "; ".join(
             part for part in (
-                f"only in {gt_dir}: {', '.join(only_gt[:5])}{' ...' if len(only_gt) > 5 else ''}" if only_gt else "",
-                f"only in {sr_dir}: {', '.join(only_sr[:5])}{' ...' if len(only_sr) > 5 else ''}" if only_sr else "",
+                f"only in {gt_dir}: {first_few(only_gt)}" if only_gt else "",
+                f"only in {sr_dir}: {first_few(only_sr)}" if only_sr else "",
             ) if part
         )
         raise UserError(f"{len(missing)} unpaired image(s) ({shown}); pass --allow_missing to skip them")

@@ -1,4 +1,4 @@
-"""Selective scan with one interface and four backends (ARCHITECTURE.md section 3.4).
+"""Selective scan with one interface and five backends (ARCHITECTURE.md section 3.4).
 
 ``selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True, backend="auto")`` takes the
 layout of mamba-ssm's ``selective_scan_fn``: u, delta (Bt, K*Dn, L); A (K*Dn, N); B, C (Bt, K, N, L)
@@ -11,20 +11,33 @@ import logging
 
 import torch
 
+from models.config import SCAN_BACKENDS, check_scan_backend
 from models.selective_scan import cpu_kernel, cuda_backend
 from models.selective_scan.chunked import selective_scan_chunked
 from models.selective_scan.cuda_backend import cuda_unavailable_reason
 from models.selective_scan.reference import selective_scan_ref
-from models.selective_scan.triton_backend import selective_scan_triton, triton_unavailable_reason
-from models.errors import UserError
+from utils.errors import UserError
 
-BACKENDS = ("auto", "torch", "ref", "cuda", "triton", "cpp")
+BACKENDS = SCAN_BACKENDS  # defined torch-free in models.config, for options/ and param.py
 _IMPLEMENTATIONS = {"torch": selective_scan_chunked, "ref": selective_scan_ref,
-                    "cuda": cuda_backend.selective_scan_cuda, "triton": selective_scan_triton,
-                    "cpp": cpu_kernel.selective_scan_cpp}
+                    "cuda": cuda_backend.selective_scan_cuda, "cpp": cpu_kernel.selective_scan_cpp}
 _logged = set()
 
 __all__ = ["BACKENDS", "selective_scan", "resolve_backend", "cuda_unavailable_reason", "triton_unavailable_reason"]
+
+
+def _triton():
+    """The triton backend's module, imported on first use: it registers torch custom ops, which need torch
+    2.4, so that older torch runs the other backends (see triton_unavailable_reason)."""
+    from models.selective_scan import triton_backend
+    return triton_backend
+
+
+def triton_unavailable_reason(device):
+    """None if the triton backend can run on tensors on ``device``, else one line why."""
+    if not hasattr(torch.library, "custom_op"):
+        return f"torch {torch.__version__} is too old for the Triton kernels' custom ops (they need torch >= 2.4)"
+    return _triton().triton_unavailable_reason(device)
 
 
 def _cpp_unavailable_reason(device_type):
@@ -55,8 +68,7 @@ def resolve_backend(name, device):
 
     Raises UserError for an unknown name or for 'cuda', 'triton' or 'cpp' where it cannot run.
     """
-    if name not in BACKENDS:
-        raise UserError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    check_scan_backend(name)
     device_type = torch.device(device).type
     reason = cuda_unavailable_reason(device) if name in ("auto", "cuda") else None
     if name == "cuda" and reason is not None:
@@ -85,5 +97,6 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias. Shapes as in the
     module docstring; channel block k (of Dn channels) uses B/C group k.
     """
-    scan = _IMPLEMENTATIONS[resolve_backend(backend, u.device)]
+    name = resolve_backend(backend, u.device)
+    scan = _triton().selective_scan_triton if name == "triton" else _IMPLEMENTATIONS[name]
     return scan(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)

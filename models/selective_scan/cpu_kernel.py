@@ -6,6 +6,7 @@ second. The backward recomputes states from checkpoints saved every ``chunk`` st
 """
 import contextlib
 import getpass
+import io
 import logging
 import os
 import re
@@ -68,8 +69,11 @@ def _ninja_on_path():
 
 
 def build_failure_reason(err):
-    """One line from a failed build: the compiler's first error line when there is one."""
-    lines = str(err).strip().splitlines() or [""]
+    """One line from a failed build: the compiler's first error line when there is one (also in the output
+    of a failed compiler probe: torch < 2.5 runs `c++ -v` before building)."""
+    output = getattr(err, "output", None)
+    output = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+    lines = f"{err}\n{output}".strip().splitlines() or [""]
     for line in lines:
         if re.search(r"error:|not found", line, re.IGNORECASE) and not line.startswith(("[", "FAILED")):
             return line.strip()
@@ -83,11 +87,13 @@ def _build():
     if shutil.which(compiler) is None:
         return None, f"no C++ compiler: '{compiler}' not found (install g++, or set CXX)"
     # Importing cpp_extension logs a CUDA_HOME warning on machines without CUDA: not ours to show.
+    # (torch < 2.5 prints it to stderr instead: "No CUDA runtime is found, using CUDA_HOME=...")
     torch_log = logging.getLogger("torch.utils.cpp_extension")
     level = torch_log.level
     torch_log.setLevel(logging.ERROR)
     try:
-        from torch.utils import cpp_extension
+        with contextlib.redirect_stderr(io.StringIO()):
+            from torch.utils import cpp_extension
         build_dir = _build_directory(cpp_extension, name)
         built = build_dir / f"{name}.so"
         compiling = not built.exists() or built.stat().st_mtime < SOURCE.stat().st_mtime

@@ -18,7 +18,8 @@ def check_arguments(u, delta, A, B, C, D=None, delta_bias=None):
     u, delta: (Bt, K*Dn, L); A: (K*Dn, N); D, delta_bias: (K*Dn,) or None.
     """
     if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (batch, channels, length), got {tuple(u.shape)} and {tuple(delta.shape)}")
+        raise ValueError(f"u and delta must both be (batch, channels, length), got {tuple(u.shape)} and "
+                         f"{tuple(delta.shape)}")
     bt, channels, length = u.shape
     if A.dim() != 2 or A.shape[0] != channels:
         raise ValueError(f"A must be (channels={channels}, N), got {tuple(A.shape)}")
@@ -27,7 +28,8 @@ def check_arguments(u, delta, A, B, C, D=None, delta_bias=None):
     C = C.unsqueeze(1) if C.dim() == 3 else C
     for name, x in (("B", B), ("C", C)):
         if x.dim() != 4 or x.shape[0] != bt or x.shape[2] != n or x.shape[3] != length:
-            raise ValueError(f"{name} must be ({bt}, groups, {n}, {length}) or ({bt}, {n}, {length}), got {tuple(x.shape)}")
+            raise ValueError(f"{name} must be ({bt}, groups, {n}, {length}) or ({bt}, {n}, {length}), "
+                             f"got {tuple(x.shape)}")
     groups = B.shape[1]
     if C.shape[1] != groups or channels % groups:
         raise ValueError(f"B and C need the same number of groups dividing the {channels} channels, "

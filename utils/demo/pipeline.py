@@ -49,19 +49,22 @@ def parse_args(argv=None):
                "  HYBRIMAMBA_LPIPS_BACKBONE=alexnet.pth python -m utils.demo   # LPIPS offline",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--out", default="demo_output", help="folder for everything the demo writes (default: %(default)s)")
+    data.add_argument("--out", default="demo_output",
+                      help="folder for everything the demo writes (default: %(default)s)")
     data.add_argument("--dataroot", default=None,
                       help="your own HR faces (searched recursively) instead of the built-in ones; evenly spaced "
                            "images are held out")
     data.add_argument("--load_size", type=int, default=24, help="HR side in pixels (default: %(default)s; the "
                       "built-in faces allow up to 24)")
-    data.add_argument("--scale", type=int, default=4, help="super-resolution factor (default: %(default)s: 6x6 -> 24x24)")
+    data.add_argument("--scale", type=int, default=4,
+                      help="super-resolution factor (default: %(default)s: 6x6 -> 24x24)")
     train = p.add_argument_group("training")
     train.add_argument("--iters", type=int, default=300, help="training iterations (default: %(default)s)")
     train.add_argument("--batch_size", type=int, default=16, help="default: %(default)s")
     train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    train.add_argument("--threads", type=int, default=1,
+    # Not --num_threads: in train.py and test.py that flag counts DataLoader workers. --threads is the old name.
+    train.add_argument("--torch_threads", "--threads", type=int, default=1,
                        help="torch threads of every step (OMP_NUM_THREADS; default: %(default)s, as on a busy 2-core "
                             "machine two threads made this small network's training several times slower)")
     score = p.add_argument_group("scoring")
@@ -71,7 +74,7 @@ def parse_args(argv=None):
     score.add_argument("--skip_check", action="store_true",
                        help="do not fail when the model does not beat bicubic (for smoke runs with few iterations)")
     args = p.parse_args(argv)
-    for flag in ("load_size", "scale", "iters", "batch_size", "threads"):
+    for flag in ("load_size", "scale", "iters", "batch_size", "torch_threads"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} {getattr(args, flag)} must be >= 1")
     if args.load_size % 4 or args.load_size % args.scale:
@@ -164,17 +167,19 @@ def lpips_backbone(args, size):
 
 
 def score_table(args, size, hr_dir, dataset, folders, table):
-    """Run utils.evaluation.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if it fails)."""
+    """Run utils.evaluation.results_table on ``folders`` against ``hr_dir`` (LPIPS when it can run; without it if
+    it fails)."""
     lpips_flags, lpips_note = lpips_backbone(args, size)
     print(lpips_note)
-    table_args = ["-m", "utils.evaluation.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders, "--out", table]
+    table_args = ["-m", "utils.evaluation.results_table", "--hr_dir", hr_dir, "--dataset_name", dataset, *folders,
+                  "--out", table]
     try:
-        run(table_args + lpips_flags, "scoring", args.threads)
+        run(table_args + lpips_flags, "scoring", args.torch_threads)
     except UserError:
         if not lpips_flags:
             raise
         print("LPIPS failed (see above); the table without LPIPS:")
-        run(table_args, "scoring", args.threads)
+        run(table_args, "scoring", args.torch_threads)
 
 
 def shipped_model_on_a_real_face(args, faces, results):
@@ -188,13 +193,13 @@ def shipped_model_on_a_real_face(args, faces, results):
     table, picture = results / "x8" / "table.md", results / "x8" / "side_by_side.png"
     write_rgb(hr_dir / "astronaut.png", astronaut_face(SHIPPED_SIZE))
     run(["-m", "data.make_lr", hr_dir, "--lr_dir", lr_dir, "--lr_up_dir", bicubic_dir, "--scale", SHIPPED_SCALE],
-        "making the LR face", args.threads)
+        "making the LR face", args.torch_threads)
     run(["test.py", "--gpus", 0, "--dataroot", lr_dir, "--pretrain_model_path", SHIPPED_MODEL,
          "--load_size", SHIPPED_SIZE, "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0],
-        "testing", args.threads)
+        "testing", args.torch_threads)
     score_table(args, SHIPPED_SIZE, hr_dir, "astronaut x8", [bicubic_dir, sr_dir], table)
     run(["-m", "utils.evaluation.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic", "--n", 1,
-         "--per_row", 1, "--out", picture], "the side-by-side picture", args.threads)
+         "--per_row", 1, "--out", picture], "the side-by-side picture", args.torch_threads)
     return [f"  x8 table    {table}", f"  x8 picture  {picture} (LR | bicubic | SR | HR, 128x128)"]
 
 
@@ -224,19 +229,19 @@ def main(argv=None):
     print(face_set.description)
 
     steps.begin("training", f"training a small HybriMamba on the CPU ({args.iters} iterations)")
-    run(training_arguments(args, face_set.train_dir, face_set.train_count, out), "training", args.threads)
+    run(training_arguments(args, face_set.train_dir, face_set.train_count, out), "training", args.torch_threads)
 
     steps.begin("testing", f"held-out LR faces (x{args.scale}) and super-resolution")
     run(["-m", "data.make_lr", hr_dir, "--lr_dir", lr_dir, "--lr_up_dir", bicubic_dir, "--scale", args.scale],
-        "making the LR faces", args.threads)
+        "making the LR faces", args.torch_threads)
     run(["test.py", "--gpus", 0, "--name", NAME, "--dataroot", lr_dir, "--pretrain_model_path", checkpoint,
          "--load_size", args.load_size, "--scale_factor", args.scale, "--save_as_dir", sr_dir,
-         "--batch_size", 32, "--num_threads", 0], "testing", args.threads)
+         "--batch_size", 32, "--num_threads", 0], "testing", args.torch_threads)
 
     steps.begin("scoring", "scores against the held-out HR faces, and a picture")
     score_table(args, args.load_size, hr_dir, "held-out", [bicubic_dir, sr_dir], table)
     run(["-m", "utils.evaluation.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic",
-         "--n", 8, "--per_row", 2, "--zoom", 4, "--out", picture], "the side-by-side picture", args.threads)
+         "--n", 8, "--per_row", 2, "--zoom", 4, "--out", picture], "the side-by-side picture", args.torch_threads)
 
     steps.begin("shipped", "the shipped 8x model on a real face (scikit-image's astronaut, 16x16 -> 128x128)")
     shipped_lines = shipped_model_on_a_real_face(args, faces, results)

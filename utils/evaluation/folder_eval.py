@@ -168,7 +168,8 @@ def add_folder_arguments(parser, sr_help="folder of super-resolved images"):
     """The GT_DIR SR_DIR positionals and the pairing/output options shared by the metric scripts."""
     parser.add_argument("gt_dir", help="folder of ground-truth (HR) images")
     parser.add_argument("sr_dir", help=sr_help)
-    parser.add_argument("--allow_missing", action="store_true", help="skip (and count) files present in one folder only")
+    parser.add_argument("--allow_missing", action="store_true",
+                        help="skip (and count) files present in one folder only")
     parser.add_argument("--csv", help="write per-image results to this CSV file")
     parser.add_argument("--workers", type=int, default=default_workers(), help="reader/metric threads")
 

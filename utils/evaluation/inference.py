@@ -11,29 +11,25 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from data.image_tensor import to_uint8
 from data.single_dataset import SingleDataset
 from models import HybriMamba, forward_padded
+from models.checkpoint import WeightsMismatch, load_model_file, load_weights, stored_config
+from models.config import HybriMambaConfig
 from models.selective_scan import resolve_backend
-from options.base_options import NETWORK_OPTIONS, network_config
+from options.base_options import network_config
 from options.test_options import TestOptions
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 from utils.evaluation.folder_eval import evaluate_folders, summary_lines, write_csv
-from utils.evaluation.output_folder import check_output_folder
 from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
-from utils.image_tensor import to_uint8
+from utils.output_folder import check_output_folder
 from utils.progress import TqdmHandler, progress_bar
-from utils.training.checkpoint import WeightsMismatch, load_model_file, load_weights
 
 log = logging.getLogger("hybrimamba")
 OUTPUT_SUFFIX = ".png"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
-SHOWN = 5
-
-
-def _shown(names):
-    return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
 
 
 @contextlib.contextmanager
@@ -64,40 +60,36 @@ def select_device(gpus, cuda_available=None):
 
 
 def network_options(opt, stored):
-    """(HybriMamba keyword arguments, notices): a checkpoint's ``stored`` options dict wins over the
-    command line; without one (a bare state_dict) the command-line values (default: the paper's) are used.
+    """(HybriMambaConfig, notices): the config a checkpoint stores (``stored``, from ``stored_config``) wins
+    over the command line; without one (a bare state_dict) the command line's (default: the paper's) is used.
     """
     config = network_config(opt)
-    if not isinstance(stored, dict):
+    if stored is None:
         return config, []
-    defaults = TestOptions().defaults()
-    notices = []
-    for key in NETWORK_OPTIONS:
-        if key not in stored:
-            continue
-        if config[key] != defaults[key] and config[key] != stored[key]:
-            notices.append(f"--{key} {config[key]} ignored: the checkpoint was trained with {key} {stored[key]}")
-        config[key] = type(defaults[key])(stored[key])
-    return config, notices
+    default = HybriMambaConfig()
+    notices = [f"--{f.name} {getattr(config, f.name)} ignored: the checkpoint was trained with {f.name} "
+               f"{getattr(stored, f.name)}" for f in HybriMambaConfig.option_fields()
+               if getattr(config, f.name) not in (getattr(default, f.name), getattr(stored, f.name))]
+    return stored, notices
 
 
 def build_model(opt, device):
     """(HybriMamba in eval mode on ``device`` with the checkpoint's weights, one-line description)."""
     path = opt.pretrain_model_path
     ckpt = load_model_file(path)
-    stored = ckpt.get("options") if isinstance(ckpt, dict) else None
+    stored = stored_config(ckpt, path)
     config, notices = network_options(opt, stored)
     for line in notices:
         log.warning(f"notice: {line}")
-    model = HybriMamba(**config, scan_backend=opt.scan_backend)
+    model = HybriMamba(config, scan_backend=opt.scan_backend)
     try:
         what = load_weights(model, path, prefer_ema=not opt.no_ema, ckpt=ckpt)
     except WeightsMismatch as err:
-        if isinstance(stored, dict):  # load_weights already named the stored configuration
+        if stored is not None:  # load_weights already named the stored configuration
             raise
-        flags = "/".join(f"--{k}" for k in NETWORK_OPTIONS)
+        flags = "/".join(f"--{f.name}" for f in HybriMambaConfig.option_fields())
         raise UserError(f"{err}; it stores no network options, so pass the {flags} it was trained with") from None
-    shape = " ".join(f"{k} {v}" for k, v in config.items())
+    shape = " ".join(f"{f.name} {getattr(config, f.name)}" for f in HybriMambaConfig.option_fields())
     model = model.eval().to(device)
     if opt.compile:
         model.compile()
@@ -109,7 +101,7 @@ def check_ground_truth(hr_dir, stems, load_size):
     hr = index_by_stem(hr_dir)
     missing = [s for s in stems if s not in hr]
     if missing:
-        raise UserError(f"{hr_dir}: no ground truth for {len(missing)} input(s) ({_shown(missing)}); "
+        raise UserError(f"{hr_dir}: no ground truth for {len(missing)} input(s) ({first_few(missing)}); "
                         f"HR images are paired with the inputs by file stem")
     for stem in stems:
         with contextlib.suppress(OSError):  # files PIL cannot parse are reported by the evaluation
@@ -146,7 +138,7 @@ def forward_checked(model, lr, paths, device):
                         f"--batch_size (now {len(paths)}) or --load_size (now {size})") from None
     bad = [path for path, out in zip(paths, sr) if not bool(torch.isfinite(out).all())]
     if bad:
-        raise UserError(f"non-finite output (NaN or inf) for {_shown(bad)}: the weights overflow on these inputs; "
+        raise UserError(f"non-finite output (NaN or inf) for {first_few(bad)}: the weights overflow on these inputs; "
                         f"use an earlier checkpoint")
     return sr
 
@@ -216,9 +208,10 @@ def _run_test(opt, progress):
         check_ground_truth(opt.hr_dir, stems, opt.load_size)
         if leftovers:
             raise UserError(f"{save_dir}: holds {len(leftovers)} image(s) not made from {opt.dataroot} "
-                            f"({_shown(leftovers)}) that would be scored too; empty it or choose another --save_as_dir")
+                            f"({first_few(leftovers)}) that would be scored too; empty it or choose another "
+                            f"--save_as_dir")
     elif leftovers:
-        log.warning(f"notice: {save_dir} also holds {len(leftovers)} other image(s) ({_shown(leftovers)})")
+        log.warning(f"notice: {save_dir} also holds {len(leftovers)} other image(s) ({first_few(leftovers)})")
     resolve_backend(opt.scan_backend, device)
     lpips_model = None
     if opt.lpips:

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 import torch
 
-from utils.distributed import resolve_device
-from utils.errors import UserError
-from utils.image_tensor import to_tensor
+from data.image_tensor import to_tensor
+from models.device import resolve_device
+from utils.errors import UserError, first_few
 
 LPIPS_NETS = ("alex", "vgg")
 BACKBONE_ENV = "HYBRIMAMBA_LPIPS_BACKBONE"
@@ -33,7 +33,8 @@ def read_backbone_weights(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"{path}: backbone weights file not found; pass a torchvision AlexNet/VGG16 state_dict") from None
+        raise UserError(f"{path}: backbone weights file not found; pass a torchvision AlexNet/VGG16 "
+                        f"state_dict") from None
     except Exception as err:  # torch raises several unrelated types for a file that is not a checkpoint
         raise UserError(f"{path}: not a readable torch state_dict ({type(err).__name__}); "
                         "pass a torchvision AlexNet/VGG16 state_dict saved with torch.save") from None
@@ -49,8 +50,8 @@ def load_backbone(lpips_model, state, path):
     net = lpips_model.pnet_type
     missing = [k for k in key_map if k not in state]
     if missing:
-        raise UserError(f"{path}: missing backbone keys {', '.join(missing[:4])}"
-                        f"{' ...' if len(missing) > 4 else ''}; expected a torchvision '{net}' state_dict")
+        raise UserError(f"{path}: missing backbone keys {first_few(missing, 4)}; expected a torchvision '{net}' "
+                        f"state_dict")
     own = lpips_model.net.state_dict()
     wrong = [k for k, name in key_map.items() if state[k].shape != own[name].shape]
     if wrong:
@@ -83,7 +84,8 @@ def build_lpips(net="alex", backbone_weights=None, device="cpu"):
                 model = lpips.LPIPS(net=net, verbose=False)
             except (urllib.error.URLError, OSError, RuntimeError) as err:
                 raise UserError(f"could not fetch the torchvision {net} backbone for LPIPS ({err}); offline, pass "
-                                f"--backbone_weights PATH (or set {BACKBONE_ENV}) to a torchvision state_dict") from None
+                                f"--backbone_weights PATH (or set {BACKBONE_ENV}) to a torchvision "
+                                f"state_dict") from None
     model.requires_grad_(False)
     return model.eval().to(resolve_device(device) if isinstance(device, str) else device)
 

@@ -16,24 +16,12 @@ import tempfile
 from pathlib import Path
 
 from data.make_lr import make_lr
+from models.paper import TABLE1, size_text
 from utils.errors import UserError, run_cli
 from utils.evaluation.folder_eval import default_workers, evaluate_folders
 from utils.y_conventions import CONVENTIONS, DEFAULT_Y_CONVENTION, Y_CONVENTIONS, metric_tag, short_help
 
 BICUBIC = "Bicubic"
-
-# ARCHITECTURE.md section 6: the paper's Table 1 (8x): Params, FLOPs, then PSNR/SSIM/LPIPS per dataset.
-PAPER_TABLE = {
-    "Bicubic": ("-", "-", {"helen": (24.07, 0.6824, 0.5271), "celeba": (24.10, 0.6605, 0.5267)}),
-    "DIC": ("22.8M", "35.5G", {"helen": (26.58, 0.7837, 0.1994), "celeba": (27.33, 0.7896, 0.1950)}),
-    "SPARNet": ("10.6M", "7.1G", {"helen": (27.64, 0.8173, 0.1937), "celeba": (27.83, 0.8067, 0.1874)}),
-    "SwinIR": ("11.9M", "3.8G", {"helen": (27.52, 0.8168, 0.2125), "celeba": (27.75, 0.8066, 0.2068)}),
-    "SFMNet": ("8.6M", "30.6G", {"helen": (27.32, 0.8056, 0.1915), "celeba": (27.54, 0.7964, 0.1868)}),
-    "WFEN": ("6.8M", "7.5G", {"helen": (28.05, 0.8291, 0.1740), "celeba": (28.16, 0.8173, 0.1730)}),
-    "MambaIR": ("20.4M", "5.3G", {"helen": (26.18, 0.7759, 0.2301), "celeba": (26.37, 0.7644, 0.2245)}),
-    "HybriMamba": ("15.1M", "19.7G", {"helen": (28.33, 0.8375, 0.1621), "celeba": (28.43, 0.8250, 0.1638)}),
-}
-
 
 def read_model_stats(spec):
     """'NAME=stats.json' (the output of ``python param.py --json``) -> (NAME, (params, flops) strings)."""
@@ -48,7 +36,7 @@ def read_model_stats(spec):
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path}: expected JSON with 'params' and 'flops' numbers, as `python param.py --json` "
                         "writes") from None
-    return name, (f"{params / 1e6:.1f}M", f"{flops / 1e9:.1f}G")
+    return name, size_text(params, flops)
 
 
 def dataset_groups(args):
@@ -62,7 +50,8 @@ def dataset_groups(args):
         sr_groups = [args.sr_dir]
     elif args.sr_dirs:
         if len(args.sr_dirs) != len(hr_dirs):
-            raise UserError(f"{len(hr_dirs)} --hr_dir but {len(args.sr_dirs)} --sr_dirs; give one --sr_dirs per dataset")
+            raise UserError(f"{len(hr_dirs)} --hr_dir but {len(args.sr_dirs)} --sr_dirs; give one --sr_dirs per "
+                            f"dataset")
         sr_groups = args.sr_dirs
     elif args.bicubic:
         sr_groups = [[] for _ in hr_dirs]
@@ -103,10 +92,10 @@ def markdown_table(datasets, results, stats, with_paper, caption):
         head += [f"{d} PSNR", "SSIM", "LPIPS"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if with_paper:
-        for method, (params, flops, numbers) in PAPER_TABLE.items():
-            cells = [f"{method} (paper)", params, flops]
+        for method, row in TABLE1.items():
+            cells = [f"{method} (paper)", *size_text(row.params, row.flops)]
             for d in datasets:
-                cells += [fmt(v, n) for v, n in zip(numbers.get(d.lower(), (None,) * 3), (2, 4, 4))]
+                cells += [fmt(v, n) for v, n in zip(row.scores.get(d.lower(), (None,) * 3), (2, 4, 4))]
             lines.append("| " + " | ".join(cells) + " |")
     methods = list(dict.fromkeys(m for m, _ in results))
     for method in methods:
@@ -121,12 +110,14 @@ def markdown_table(datasets, results, stats, with_paper, caption):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="PSNR/SSIM/LPIPS of SR folders against HR folders as a Markdown "
                                             "table in the layout of the paper's Table 1.",
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sr_dir", nargs="*", help="SR folders of the (single) dataset; method name = folder name")
     p.add_argument("--hr_dir", action="append", required=True, help="HR folder of a dataset (repeat per dataset)")
     p.add_argument("--dataset_name", action="append", help="column name of each dataset (default: HR folder name)")
     p.add_argument("--sr_dirs", action="append", nargs="+", help="SR folders of the preceding --hr_dir's dataset")
-    p.add_argument("--bicubic", action="store_true", help="add the bicubic baseline, made on the fly from the HR images")
+    p.add_argument("--bicubic", action="store_true",
+                   help="add the bicubic baseline, made on the fly from the HR images")
     p.add_argument("--scale", type=int, default=8, help="scale factor of the bicubic baseline (default 8)")
     p.add_argument("--lpips", action="store_true", help="compute LPIPS (AlexNet) too")
     p.add_argument("--backbone_weights", help="offline torchvision AlexNet state_dict for LPIPS (see calc_lpips.py)")

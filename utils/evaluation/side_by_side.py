@@ -1,7 +1,7 @@
 """A comparison picture: LR (nearest-upsampled) | bicubic | SR | HR, a few faces per row.
 
-    python -m utils.evaluation.side_by_side --lr LR_DIR --sr SR_DIR --hr HR_DIR [--bicubic] --out fig.png [--n 4] [--per_row 2]
-        [--zoom K]
+    python -m utils.evaluation.side_by_side --lr LR_DIR --sr SR_DIR --hr HR_DIR [--bicubic] --out fig.png
+        [--n 4] [--per_row 2] [--zoom K]
 
 Faces are matched by file stem; every tile is drawn at the size of the first HR image, then
 enlarged K times by pixel replication (for small faces, so details and captions are readable).

@@ -3,7 +3,7 @@ import copy
 
 import torch
 
-from utils.distributed import unwrap
+from models.device import unwrap
 
 
 class ModelEMA:

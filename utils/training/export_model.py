@@ -23,9 +23,9 @@ import json
 from pathlib import Path
 
 from models import HybriMamba
+from models.checkpoint import read_as_release, save_checkpoint
 from models.pretrained import SUFFIX, write_release
 from utils.errors import UserError, run_cli
-from utils.training.checkpoint import read_as_release, save_checkpoint
 
 FORMATS = (SUFFIX, ".onnx", ".pt")
 # What a metrics.json of test.py says about the scores (and "dataset", which a user may add).
@@ -66,7 +66,7 @@ def export_model(src, dst, prefer_ema=True, scores=None, command=None, size=None
     if dst.suffix == SUFFIX:
         write_release(dst, release, replace=overwrite)
     elif dst.suffix == ".pt":
-        save_checkpoint(dst, {"model": release.state_dict, "options": {**release.config, **release.task},
+        save_checkpoint(dst, {"model": release.state_dict, "options": {**release.config.to_dict(), **release.task},
                               "iteration": int(release.provenance.get("iterations", 0)),
                               "weights": release.provenance.get("weights", "raw"), "provenance": release.provenance})
     else:

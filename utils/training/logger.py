@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
+from data.image_tensor import to_uint8
 from utils.image_io import write_rgb
-from utils.image_tensor import to_uint8
 from utils.progress import TqdmHandler
 
 log = logging.getLogger("hybrimamba")

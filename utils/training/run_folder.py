@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from utils.errors import UserError
-from utils.training.checkpoint import remove_interrupted_saves
+from models.checkpoint import remove_interrupted_saves
+from utils.errors import UserError, first_few
 
 SHOWN = 4
 
@@ -25,7 +25,7 @@ def _describe(checkpoints):
         iteration = _latest_iteration(path) if path.name == "latest.pt" else None
         names.append(path.name if iteration is None else f"{path.name} at iteration {iteration}")
     names.sort(key=lambda name: not name.startswith("latest.pt"))
-    return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
+    return first_few(names, SHOWN)
 
 
 def _aside(folder, stamp):
@@ -56,7 +56,8 @@ def prepare_run_folders(ckpt_dir, exp_dir, resume, overwrite=False):
         return notices
     if not overwrite:
         raise UserError(f"{ckpt_dir} holds the checkpoints of an earlier run ({_describe(checkpoints)}); resume it "
-                        f"with --continue_train, choose a new --name, or pass --overwrite to move the earlier run aside")
+                        f"with --continue_train, choose a new --name, or pass --overwrite to move the earlier run "
+                        f"aside")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
     folders = {f.resolve(): f for f in (ckpt_dir, exp_dir) if f.is_dir()}  # both flags may name one folder

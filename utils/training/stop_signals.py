@@ -4,7 +4,7 @@ SIGINT (Ctrl-C) and SIGUSR1 (SLURM's ``--signal``) end the run at an iteration b
 
 The handler only records the signal; the training loop checks it after each iteration. Later
 signals are acknowledged and change nothing, so they cannot interrupt the checkpoint being
-written (which is atomic anyway: see ``utils.training.checkpoint.save_checkpoint``).
+written (which is atomic anyway: see ``models.checkpoint.save_checkpoint``).
 """
 import os
 import signal

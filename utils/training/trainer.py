@@ -1,18 +1,12 @@
-"""The training loop (ARCHITECTURE.md §4): L1 loss, AdamW, MultiStepLR per epoch, checkpoints,
-exact resume, validation, logging; single device, DataParallel or DDP (see utils.distributed).
-
-Exact resume: a checkpoint stores the position as (epochs done, batches of the current epoch
-done) next to the optimizer, scheduler, scaler, EMA and every RNG state. The data order and
-the augmentation of each sample are functions of (seed, epoch, index) only
-(``utils.training.data``), so the resumed run skips the consumed batches of the epoch's order and
-continues with the very batches the uninterrupted run would have seen.
+"""The training loop (ARCHITECTURE.md §4): L1 loss, AdamW, MultiStepLR per epoch, checkpoints written
+when the weights are sane, validation, logging, stop signals; single device, DataParallel or DDP (see
+utils.training.distributed). What a checkpoint holds and how a run resumes exactly from it is
+``utils.training.state``.
 """
-import bisect
 import logging
 import random
 import signal
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,31 +16,35 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from data import CelebADataset
+from data.image_tensor import to_uint8
 from models import HybriMamba
+from models.checkpoint import (
+    load_weights,
+    save_checkpoint,
+)
+from models.device import unwrap
 from options.base_options import network_config
 from options.train_options import TrainOptions
-from utils.distributed import (all_gather_objects, broadcast_object, destroy_process_group, init_process_group, plan_devices, unwrap,
-                               wrap_model)
 from utils.errors import UserError
 from utils.evaluation.metrics import evaluate_pair
 from utils.host_memory import retain_freed_memory
-from utils.image_tensor import to_uint8
 from utils.progress import format_duration, progress_bar
-from utils.training.checkpoint import assign_weights, check_finite, load_checkpoint, load_weights, save_checkpoint, select_weights
 from utils.training.data import batches, build_train_loader
+from utils.training.distributed import (
+    broadcast_object,
+    destroy_process_group,
+    init_process_group,
+    plan_devices,
+    wrap_model,
+)
 from utils.training.ema import ModelEMA
 from utils.training.logger import TrainLogger
 from utils.training.run_folder import prepare_run_folders
+from utils.training.state import TrainingState, checkpoint_to_resume
 from utils.training.stop_signals import StopSignals, ignore_stop_signals
 
 log = logging.getLogger("hybrimamba")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Options whose change makes a resumed run differ from an uninterrupted one.
-RESUME_SENSITIVE = ("dataroot", "batch_size", "seed", "load_size", "scale_factor", "amp", "ema", "grad_clip",
-                    "lr", "beta1", "beta2", "weight_decay", "lr_milestones", "lr_gamma")
-# Optimizer and schedule options that a resumed run takes from its command line instead of the checkpoint.
-SCHEDULE_OPTIONS = ("lr", "beta1", "beta2", "weight_decay", "lr_milestones", "lr_gamma")
-TRAINING_STATE = ("model", "optimizer", "scheduler", "epoch", "iteration", "batch_in_epoch", "rng")
 # Images lie in [-1, 1] and training starts near an L1 loss of 1: a mean L1 loss above 10 means outputs
 # far outside the image range, i.e. weights that have diverged (a transient spike stays well below it).
 MAX_SANE_L1 = 10.0
@@ -62,40 +60,6 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def rng_state():
-    """This process's RNG states as tensors and plain types (loadable with weights_only)."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(mt), gauss],
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
-
-
-def set_rng_state(state):
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        # A run resumed on fewer GPUs than it was saved from restores the states of those it has.
-        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
-
-
-def scheduler_state(scheduler):
-    """MultiStepLR's state with its milestone Counter as a plain dict (safe to load)."""
-    state = dict(scheduler.state_dict())
-    state["milestones"] = dict(state["milestones"])
-    return state
-
-
-def load_scheduler_state(scheduler, state):
-    scheduler.load_state_dict({**state, "milestones": Counter(state["milestones"])})
-
-
 def make_grad_scaler(enabled):
     scaler_cls = getattr(torch.amp, "GradScaler", None)
     return scaler_cls("cuda", enabled=enabled) if scaler_cls else torch.cuda.amp.GradScaler(enabled=enabled)
@@ -103,35 +67,6 @@ def make_grad_scaler(enabled):
 
 def weights_finite(model):
     return all(bool(torch.isfinite(p).all()) for p in unwrap(model).parameters())
-
-
-def override_schedule(optimizer, scheduler, opt, saved):
-    """After loading a checkpoint's optimizer and scheduler: the ``SCHEDULE_OPTIONS`` typed on the
-    command line (``opt.explicit``) that differ from the checkpoint's ``saved`` options replace them;
-    the others stay as the checkpoint has them.
-
-    The learning rate becomes the base lr decayed by the milestones passed so far. Group 0 is the
-    weight-decay group of ``HybriMamba.optimizer_param_groups``. Returns (replaced keys, notice lines).
-    """
-    changed = [k for k in SCHEDULE_OPTIONS if k in opt.explicit and k in saved and saved[k] != getattr(opt, k)]
-    if "lr_milestones" in changed:
-        scheduler.milestones = Counter(opt.lr_milestones)
-    if "lr_gamma" in changed:
-        scheduler.gamma = opt.lr_gamma
-    if "lr" in changed:
-        scheduler.base_lrs = [opt.lr] * len(optimizer.param_groups)
-    decays = bisect.bisect_right(sorted(scheduler.milestones.elements()), scheduler.last_epoch)
-    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-        if {"lr", "lr_milestones", "lr_gamma"} & set(changed):
-            group["initial_lr"] = base_lr
-            group["lr"] = base_lr * scheduler.gamma ** decays
-        beta1, beta2 = group["betas"]
-        group["betas"] = (opt.beta1 if "beta1" in changed else beta1, opt.beta2 if "beta2" in changed else beta2)
-    if "weight_decay" in changed:
-        optimizer.param_groups[0]["weight_decay"] = opt.weight_decay
-    lr_now = f" (learning rate now {optimizer.param_groups[0]['lr']:.3g})"
-    return changed, [f"--{k} {getattr(opt, k)} from the command line replaces the checkpoint's {saved[k]}"
-                     f"{lr_now if k in ('lr', 'lr_milestones', 'lr_gamma') else ''}" for k in changed]
 
 
 class Trainer:
@@ -158,6 +93,11 @@ class Trainer:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def iteration(self):
+        """Iterations done (``state.iteration``)."""
+        return self.state.iteration
 
     def _prepare_folders(self):
         """Rank 0 readies the run's folders before anything is written (``prepare_run_folders``); its
@@ -204,9 +144,9 @@ class Trainer:
 
         # Same initial weights on every rank; then one RNG stream per rank.
         seed_everything(opt.seed)
-        net = HybriMamba(**network_config(opt), scan_backend=opt.scan_backend)
+        net = HybriMamba(network_config(opt), scan_backend=opt.scan_backend)
         net.set_activation_checkpointing(opt.activation_checkpointing)
-        resume_from = self._checkpoint_to_resume()
+        resume_from = checkpoint_to_resume(opt, self.ckpt_dir, plan)
         if opt.pretrain_model_path and not resume_from:
             what = load_weights(net, opt.pretrain_model_path, prefer_ema=True)
             if plan.is_main:
@@ -222,16 +162,13 @@ class Trainer:
         if opt.compile:  # in place, after the EMA's copy: state_dict keys and unwrap() stay as they are
             self.model.compile()
 
-        self.epoch = 0             # epochs completed
-        self.batch_in_epoch = 0    # batches of the current epoch completed
-        self.iteration = 0
-        self.best = {}
-        self.last_saved = None     # (path, iteration) of the newest latest.pt
+        self.state = TrainingState(opt, plan, self.model, self.optimizer, self.scheduler, self.scaler, self.ema,
+                                   self.iters_per_epoch)
         self.stopped_by = None     # name of the signal that stopped the run early
         self.last_batch = None     # (LR, HR) on the device: the sanity check before a save reuses it
         if resume_from:
-            self._resume(resume_from)
-        self.logger.start_tensorboard(purge_step=self.iteration + 1 if resume_from else None)
+            self.state.resume(resume_from)
+        self.logger.start_tensorboard(purge_step=self.state.iteration + 1 if resume_from else None)
         if plan.is_main:
             n_params = sum(p.numel() for p in net.parameters())
             log.info(f"{len(dataset)} training images, {self.iters_per_epoch} iterations per epoch "
@@ -239,50 +176,24 @@ class Trainer:
                      f"parameters; checkpoints in {self.ckpt_dir}")
 
     # ----------------------------------------------------------------- checkpoints
-    def state(self):
-        """The full training state; collective under DDP (gathers every rank's RNG state)."""
-        state = {"model": unwrap(self.model).state_dict(),
-                 "optimizer": self.optimizer.state_dict(),
-                 "scheduler": scheduler_state(self.scheduler),
-                 "scaler": self.scaler.state_dict(),
-                 "epoch": self.epoch, "iteration": self.iteration, "batch_in_epoch": self.batch_in_epoch,
-                 "iters_per_epoch": self.iters_per_epoch, "world_size": self.plan.world_size,
-                 "best": dict(self.best),
-                 "rng": all_gather_objects(rng_state(), self.plan),
-                 "options": dict(vars(self.opt))}
-        if self.ema:
-            state["ema"] = self.ema.state_dict()
-        return state
-
     def save(self, *names):
         """Write the state as <ckpt_dir>/<name>/<each of names>.pt (rank 0) if the weights are sane
         (``check_sane``); all ranks must call it."""
         self.check_sane()
-        state = self.state()
+        state = self.state.checkpoint()
         if "latest" in names:  # on every rank, so that all of them agree on what is already saved
-            self.last_saved = (self.ckpt_dir / "latest.pt", self.iteration)
+            self.state.last_saved = (self.ckpt_dir / "latest.pt", self.state.iteration)
         if not self.plan.is_main:
             return
         for name in names:
             save_checkpoint(self.ckpt_dir / f"{name}.pt", state)
-
-    def _checkpoint_to_resume(self):
-        """latest.pt when --continue_train asks for it (with 'auto': when it exists), else None."""
-        path = self.ckpt_dir / "latest.pt"
-        if self.opt.continue_train != "auto":
-            return path if self.opt.continue_train else None
-        # Rank 0 decides, so that all processes resume or none does.
-        exists = broadcast_object(path.is_file() if self.plan.is_main else None, self.plan)
-        if self.plan.is_main and not exists:
-            log.info(f"--continue_train auto: no {path} yet, starting a new run")
-        return path if exists else None
 
     def check_sane(self):
         """Raise ``NonFiniteError`` (the run stops, the last sane checkpoint stays) when the weights are
         not finite or give, on the last training batch, an L1 loss that is not finite or above
         ``MAX_SANE_L1``; collective under DDP."""
         if not weights_finite(self.model):
-            raise NonFiniteError(self._stop_message(f"non-finite weights after iteration {self.iteration}"))
+            raise NonFiniteError(self._stop_message(f"non-finite weights after iteration {self.state.iteration}"))
         if self.last_batch is None:  # nothing trained since the (checked) checkpoint was loaded
             return
         with torch.no_grad(), self.autocast():
@@ -294,67 +205,17 @@ class Trainer:
         value = loss.item()
         if not value <= MAX_SANE_L1:
             raise NonFiniteError(self._stop_message(
-                f"diverged: the weights after iteration {self.iteration} give an L1 loss of {value:.3g} on the last "
-                f"batch (above {MAX_SANE_L1:g}: outputs far outside the image range)"))
-
-    def _resume(self, path):
-        ckpt = load_checkpoint(path)
-        if select_weights(ckpt)[1] == "bare state_dict":
-            raise UserError(f"{path}: holds network weights only, not a training state; --continue_train needs a "
-                            f"latest.pt written by train.py (to start from these weights: --pretrain_model_path "
-                            f"{path} and a new --name)")
-        missing = [k for k in TRAINING_STATE if not isinstance(ckpt, dict) or k not in ckpt]
-        if missing:
-            raise UserError(f"{path}: not a training state written by train.py (no {', '.join(missing)}); "
-                            f"resume from another checkpoint or start a new --name")
-        saved = ckpt.get("options", {})
-        assign_weights(self.model, ckpt["model"], path, ckpt)
-        if self.ema:
-            if "ema" in ckpt:
-                check_finite(ckpt["ema"], path)
-                self.ema.load_state_dict(ckpt["ema"])
-            else:
-                self.ema = ModelEMA(self.model, self.opt.ema)
-                log.warning(f"notice: {path} has no EMA weights; the EMA starts from the resumed weights")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        load_scheduler_state(self.scheduler, ckpt["scheduler"])
-        if self.scaler.is_enabled() and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
-        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
-        self.best = dict(ckpt.get("best", {}))
-        self.last_saved = (path, self.iteration)
-        replaced, overrides = override_schedule(self.optimizer, self.scheduler, self.opt, saved)
-        changed = [f"--{k} {getattr(self.opt, k)} (was {saved[k]})" for k in RESUME_SENSITIVE
-                   if k in saved and saved[k] != getattr(self.opt, k) and k not in replaced]
-        if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
-            changed.append(f"{self.iters_per_epoch} iterations per epoch (was {ckpt.get('iters_per_epoch')})")
-            self.batch_in_epoch = min(self.batch_in_epoch, self.iters_per_epoch - 1)
-        rngs = ckpt["rng"]
-        if len(rngs) != self.plan.world_size:
-            changed.append(f"{self.plan.world_size} process(es) (was {len(rngs)})")
-        set_rng_state(rngs[self.plan.rank % len(rngs)])
-        if self.plan.is_main:
-            log.info(f"resumed from {path}: iteration {self.iteration}, epoch {self.epoch + 1}, "
-                     f"batch {self.batch_in_epoch} of {self.iters_per_epoch}, lr {self.current_lr():.3g}")
-            for line in overrides:
-                log.warning(f"notice: {line}")
-            if changed:
-                log.warning("notice: resuming with settings that differ from the checkpoint's (optimizer and "
-                            "schedule settings not typed on the command line come from the checkpoint; the run "
-                            "will not match an uninterrupted one): " + ", ".join(changed))
+                f"diverged: the weights after iteration {self.state.iteration} give an L1 loss of {value:.3g} on the "
+                f"last batch (above {MAX_SANE_L1:g}: outputs far outside the image range)"))
 
     # ----------------------------------------------------------------- training
-    def current_lr(self):
-        return self.optimizer.param_groups[0]["lr"]
-
     def _stop_message(self, what):
-        if self.last_saved:
-            return (f"{what} (epoch {self.epoch + 1}); stopped without saving, the last sane checkpoint "
-                    f"{self.last_saved[0]} (iteration {self.last_saved[1]}) is kept; resume it with --continue_train "
-                    f"and a lower --lr, or set --grad_clip")
-        return (f"{what} (epoch {self.epoch + 1}); stopped without saving, no checkpoint had been written yet; start "
-                f"again with a lower --lr or set --grad_clip")
+        stopped = f"{what} (epoch {self.state.epoch + 1}); stopped without saving"
+        if self.state.last_saved:
+            path, iteration = self.state.last_saved
+            return (f"{stopped}, the last sane checkpoint {path} (iteration {iteration}) is kept; resume it with "
+                    f"--continue_train and a lower --lr, or set --grad_clip")
+        return f"{stopped}, no checkpoint had been written yet; start again with a lower --lr or set --grad_clip"
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -375,7 +236,8 @@ class Trainer:
             reported /= self.plan.world_size
         value = reported.item()
         if not np.isfinite(value):
-            raise NonFiniteError(self._stop_message(f"non-finite loss ({value}) at iteration {self.iteration + 1}"))
+            raise NonFiniteError(self._stop_message(
+                f"non-finite loss ({value}) at iteration {self.state.iteration + 1}"))
         self.scaler.scale(loss).backward()
         if self.opt.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -402,54 +264,49 @@ class Trainer:
     def _fit(self):
         opt = self.opt
         total = self.total_iterations()
-        if self.iteration >= total:
-            log.info(f"nothing to do: iteration {self.iteration} already reaches the end ({total})")
+        if self.state.iteration >= total:
+            log.info(f"nothing to do: iteration {self.state.iteration} already reaches the end ({total})")
             return
         window, tick = [], time.perf_counter()
-        while self.iteration < total:
-            self.sampler.set_position(self.epoch, self.batch_in_epoch * opt.batch_size)
+        while self.state.iteration < total:
+            self.sampler.set_position(self.state.epoch, self.state.batch_in_epoch * opt.batch_size)
             # In a log file the progress lines of _log_progress stand in for the bar.
-            bar = progress_bar(total=self.iters_per_epoch, initial=self.batch_in_epoch, unit="it",
-                               desc=f"epoch {self.epoch + 1}/{opt.total_epochs}", enabled=self.plan.is_main,
+            bar = progress_bar(total=self.iters_per_epoch, initial=self.state.batch_in_epoch, unit="it",
+                               desc=f"epoch {self.state.epoch + 1}/{opt.total_epochs}", enabled=self.plan.is_main,
                                lines=False, mininterval=1.0, dynamic_ncols=True, leave=False)
             for batch in batches(self.loader):
                 loss, sr = self.train_step(batch)
-                self.iteration += 1
-                self.batch_in_epoch += 1
-                if self.batch_in_epoch == self.iters_per_epoch:
-                    self.scheduler.step()
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
+                self.state.advance()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 window.append(loss)
-                if self.iteration % opt.print_freq == 0:
+                if self.state.iteration % opt.print_freq == 0:
                     now = time.perf_counter()
                     self._log_progress(window, len(window) / (now - tick))
                     window, tick = [], now
-                if self.iteration % opt.visual_freq == 0:
-                    self.logger.visuals(batch["LR"], sr, batch["HR"], self.iteration)
-                if opt.val_dataroot and self.iteration % opt.val_freq == 0:
+                if self.state.iteration % opt.visual_freq == 0:
+                    self.logger.visuals(batch["LR"], sr, batch["HR"], self.state.iteration)
+                if opt.val_dataroot and self.state.iteration % opt.val_freq == 0:
                     self.validate_and_keep_best()
                 self._periodic_save()
-                if self.iteration >= total or self._stop_requested():
+                if self.state.iteration >= total or self._stop_requested():
                     break
             bar.close()
             if self.stopped_by:
                 self._save_and_report_stop()
                 return
-        if opt.val_dataroot and self.iteration % opt.val_freq:
+        if opt.val_dataroot and self.state.iteration % opt.val_freq:
             self.validate_and_keep_best()
-        if not self.last_saved or self.last_saved[1] != self.iteration:
+        if not self.state.saved_now():
             self.save("latest")
         if self.plan.is_main:
-            log.info(f"finished at iteration {self.iteration} ({self.epoch} epoch(s) and {self.batch_in_epoch} "
-                     f"batch(es) done); latest checkpoint {self.ckpt_dir / 'latest.pt'}")
+            log.info(f"finished at iteration {self.state.iteration} ({self.state.done()}); latest checkpoint "
+                     f"{self.ckpt_dir / 'latest.pt'}")
 
     def _periodic_save(self):
-        names = [name for name, freq in (("latest", self.opt.save_latest_freq), (f"iter_{self.iteration}",
+        names = [name for name, freq in (("latest", self.opt.save_latest_freq), (f"iter_{self.state.iteration}",
                                                                                 self.opt.save_iter_freq))
-                 if self.iteration % freq == 0]
+                 if self.state.iteration % freq == 0]
         if names:
             self.save(*names)
 
@@ -466,31 +323,31 @@ class Trainer:
         return bool(signum)
 
     def _save_and_report_stop(self):
-        if not self.last_saved or self.last_saved[1] != self.iteration:
+        if not self.state.saved_now():
             self.save("latest")
         if self.plan.is_main:
-            log.warning(f"stopped by {self.stopped_by} after iteration {self.iteration} ({self.epoch} epoch(s) and "
-                        f"{self.batch_in_epoch} batch(es) done); saved {self.ckpt_dir / 'latest.pt'}; resume with "
-                        f"--continue_train (or --continue_train auto)")
+            log.warning(f"stopped by {self.stopped_by} after iteration {self.state.iteration} ({self.state.done()}); "
+                        f"saved {self.ckpt_dir / 'latest.pt'}; resume with --continue_train (or --continue_train auto)")
 
     def _log_progress(self, losses, iters_per_s):
         if not self.plan.is_main:
             return
         loss = float(np.mean(losses))
         images_per_s = iters_per_s * self.opt.batch_size * self.plan.world_size
-        epoch = self.epoch + (self.batch_in_epoch > 0)  # the epoch this iteration belonged to
-        eta = format_duration((self.total_iterations() - self.iteration) / iters_per_s)
-        log.info(f"epoch {epoch} iteration {self.iteration}: loss {loss:.5f} lr {self.current_lr():.3g} "
+        epoch = self.state.epoch + (self.state.batch_in_epoch > 0)  # the epoch this iteration belonged to
+        eta = format_duration((self.total_iterations() - self.state.iteration) / iters_per_s)
+        log.info(f"epoch {epoch} iteration {self.state.iteration}: loss {loss:.5f} lr {self.state.current_lr():.3g} "
                  f"{iters_per_s:.2f} it/s ({images_per_s:.1f} images/s) ETA {eta}")
-        self.logger.scalars({"train/loss_l1": loss, "train/lr": self.current_lr(), "train/iters_per_s": iters_per_s,
-                             "train/images_per_s": images_per_s}, self.iteration)
+        self.logger.scalars({"train/loss_l1": loss, "train/lr": self.state.current_lr(),
+                             "train/iters_per_s": iters_per_s, "train/images_per_s": images_per_s},
+                            self.state.iteration)
 
     # ----------------------------------------------------------------- validation
     def validate_and_keep_best(self):
         """Validate on rank 0 and write best.pt when its PSNR improves; all ranks must call it."""
         psnr, ssim = broadcast_object(self.validate() if self.plan.is_main else None, self.plan)
-        if psnr > self.best.get("psnr", -np.inf):
-            self.best = {"psnr": psnr, "ssim": ssim, "iteration": self.iteration}
+        if psnr > self.state.best.get("psnr", -np.inf):
+            self.state.best = {"psnr": psnr, "ssim": ssim, "iteration": self.state.iteration}
             self.save("best")
 
     @torch.no_grad()
@@ -507,9 +364,9 @@ class Trainer:
             scores += [evaluate_pair(gt, out) for gt, out in zip(to_uint8(batch["HR"]), to_uint8(sr))]
         net.train(was_training)
         psnr, ssim = (float(np.mean(v)) for v in zip(*scores))
-        log.info(f"validation at iteration {self.iteration}: PSNR-Y {psnr:.3f} dB, SSIM-Y {ssim:.4f} "
+        log.info(f"validation at iteration {self.state.iteration}: PSNR-Y {psnr:.3f} dB, SSIM-Y {ssim:.4f} "
                  f"({len(scores)} images{', EMA weights' if self.ema else ''})")
-        self.logger.scalars({"val/psnr_y": psnr, "val/ssim_y": ssim}, self.iteration)
+        self.logger.scalars({"val/psnr_y": psnr, "val/ssim_y": ssim}, self.state.iteration)
         return psnr, ssim
 
     def close(self):

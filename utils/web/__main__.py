@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from models import HybriMamba
+from models.checkpoint import read_as_release
+from models.config import SCAN_BACKENDS
 from models.pretrained import SHIPPED_MODEL
-from models.selective_scan import BACKENDS
 from utils.errors import UserError, run_cli
-from utils.training.checkpoint import read_as_release
 from utils.web.faces import restore_face
 from utils.web.server import FaceApp, make_server
 
@@ -29,7 +29,8 @@ def parse_args(argv=None):
                    help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--scan_backend", choices=BACKENDS, default="auto", help="selective-scan backend (default: auto)")
+    p.add_argument("--scan_backend", choices=SCAN_BACKENDS, default="auto",
+                   help="selective-scan backend (default: auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:

@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from data.degradation import center_square, resize_bicubic
+from data.image_tensor import to_tensor, to_uint8
 from models import forward_padded
-from utils.image_tensor import to_tensor, to_uint8
 
 TREAT_AS = ("auto", "lr", "hr")
 

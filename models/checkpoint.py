@@ -1,5 +1,8 @@
 """Checkpoint files: atomic saving, safe loading (``weights_only``) and loading weights into a network.
 
+In models/ because training, test.py, the export and the demo all read and write these files (and the
+engines must not import each other's internals); it needs only torch and the bottom layer.
+
 A training checkpoint is a dict with the keys ``model`` (state_dict without ``module.``
 prefixes), ``ema`` (state_dict of the EMA weights, optional), ``optimizer``, ``scheduler``,
 ``scaler``, ``epoch`` (epochs completed), ``iteration``, ``batch_in_epoch`` (batches of the
@@ -8,6 +11,7 @@ current epoch done), ``rng``, ``options`` (a dict of plain values) and ``checksu
 and plain Python types are stored, so every file loads with ``torch.load(weights_only=True)``,
 which cannot execute code from the file.
 """
+import contextlib
 import logging
 import pickle
 import re
@@ -17,17 +21,15 @@ from pathlib import Path
 
 import torch
 
-from models.pretrained import CONFIG_TYPES, DEFAULT_TASK, TASK_TYPES, Release, read_release, weights_checksum
+from models.config import HybriMambaConfig
+from models.device import unwrap
+from models.pretrained import DEFAULT_TASK, TASK_TYPES, Release, read_release, weights_checksum
 from models.pretrained import SUFFIX as RELEASE_SUFFIX
 from utils.atomic_file import TEMP_NAME, atomic_output
-from utils.distributed import unwrap
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 
 log = logging.getLogger("hybrimamba")
 MODULE_PREFIX = "module."
-# The options that define the network's shape; a checkpoint's values name the config it needs.
-NETWORK_OPTIONS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
-SHOWN_KEYS = 5
 CHECKSUMMED = ("model", "ema")
 
 
@@ -60,7 +62,7 @@ def check_finite(state, source):
     """A state_dict with NaN or inf values raises ``UserError`` naming those tensors."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise UserError(f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {_shown(bad)}; "
+        raise UserError(f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {first_few(bad)}; "
                         f"these weights are unusable, use an earlier checkpoint")
 
 
@@ -127,7 +129,7 @@ def load_model_file(path):
     if not is_release_path(path):
         return load_checkpoint(path)
     release = read_release(path)
-    ckpt = {"model": release.state_dict, "options": {**release.config, **release.task},
+    ckpt = {"model": release.state_dict, "options": {**release.config.to_dict(), **release.task},
             "provenance": release.provenance}
     if isinstance(release.provenance.get("iterations"), int):
         ckpt["iteration"] = release.provenance["iterations"]
@@ -155,17 +157,21 @@ def select_weights(ckpt, prefer_ema=True):
     return None, None
 
 
-def _network_config_hint(ckpt):
+def stored_config(ckpt, source):
+    """The ``HybriMambaConfig`` a loaded checkpoint's ``options`` name, or None when they name none (a bare
+    state_dict, a file not written by train.py). Options saved before a config field existed give it its
+    default; invalid values raise ``UserError`` naming ``source`` and the key."""
     options = ckpt.get("options") if isinstance(ckpt, dict) else None
-    if not isinstance(options, dict) or not all(k in options for k in NETWORK_OPTIONS):
-        return ""
-    flags = " ".join(f"--{k} {options[k]}" for k in NETWORK_OPTIONS)
-    return f"; the checkpoint was trained with {flags}"
+    if not isinstance(options, dict) or not any(f.name in options for f in HybriMambaConfig.option_fields()):
+        return None
+    return HybriMambaConfig.from_options(options, source)
 
 
-def _shown(keys):
-    more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
-    return ", ".join(keys[:SHOWN_KEYS]) + more
+def _network_config_hint(ckpt, source):
+    with contextlib.suppress(UserError):
+        config = stored_config(ckpt, source)
+        return f"; the checkpoint was trained with {config.flags()}" if config else ""
+    return ""
 
 
 def assign_weights(model, state, source, ckpt=None):
@@ -182,10 +188,10 @@ def assign_weights(model, state, source, ckpt=None):
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
-        parts = [f"{label}: {_shown(keys)}" for label, keys in
+        parts = [f"{label}: {first_few(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape (file vs network)", shapes)) if keys]
         raise WeightsMismatch(f"{source}: weights do not fit this network ({'; '.join(parts)})"
-                        f"{_network_config_hint(ckpt)}")
+                        f"{_network_config_hint(ckpt, source)}")
     check_finite(state, source)
     target.load_state_dict(state)
 
@@ -240,10 +246,9 @@ def read_as_release(src, prefer_ema=True):
     if state is None or which == "bare state_dict" or not isinstance(ckpt.get("options"), dict):
         raise UserError(f"{src}: not a training checkpoint of train.py (it needs the keys 'model' and 'options')")
     options = ckpt["options"]
-    missing = [key for key in NETWORK_OPTIONS if key not in options]
-    if missing:
-        raise UserError(f"{src}: its options lack the network settings {', '.join(missing)}")
-    config = {key: options[key] for key in CONFIG_TYPES if key in options}
+    config = stored_config(ckpt, src)
+    if config is None:
+        raise UserError(f"{src}: its options name no network settings; it was not written by train.py")
     task = {key: options[key] for key in TASK_TYPES if key in options}
     provenance = {**ckpt.get("provenance", {}), "weights": ckpt.get("weights", which), "source": Path(src).name}
     if "iteration" in ckpt:

@@ -1,4 +1,4 @@
-"""Device selection and multi-device wrapping: CPU, one GPU, DataParallel, or DDP under torchrun.
+"""Training's device plan and multi-device wrapping: CPU, one GPU, DataParallel, or DDP under torchrun.
 
 - Not under torchrun: ``--gpus N`` with CUDA -> the first N visible GPUs (DataParallel when
   N > 1; choose them with CUDA_VISIBLE_DEVICES); ``--gpus 0`` or no CUDA -> CPU.
@@ -13,25 +13,6 @@ import torch.distributed as dist
 from torch import nn
 
 from utils.errors import UserError
-
-
-def resolve_device(name="auto"):
-    """``name`` ('auto': cuda when available, else cpu) as a torch.device this machine can use;
-    otherwise ``UserError``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device torch knows; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:  # a device this build or machine lacks, or a wrong index
-        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--device {name}: not usable here ({reason}); use --device cpu") from None
-    return device
 
 
 @dataclass
@@ -117,11 +98,6 @@ def wrap_model(model, plan):
     if plan.data_parallel_ids:
         return nn.DataParallel(model, device_ids=plan.data_parallel_ids)
     return model
-
-
-def unwrap(model):
-    """The bare network inside a DataParallel/DDP wrapper (or the network itself)."""
-    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
 def barrier(plan):
