@@ -5,8 +5,8 @@ nothing executable) and, in its string-to-string metadata:
 
 - ``format`` = ``hybrimamba`` and ``format_version`` = ``1``: what the file is, so a foreign or
   future file is refused with a reason instead of loading wrong;
-- ``config``: the network configuration as JSON (keyword arguments of ``HybriMamba``; those left out
-  take its defaults);
+- ``config``: the network configuration as JSON (``HybriMambaConfig.to_dict()``, checked by its
+  ``from_dict`` on reading; fields left out take their defaults);
 - ``task``: JSON ``{"scale_factor": 8, "load_size": 128}``, the task the weights were trained for;
 - ``provenance``: JSON of plain values, e.g. the training command, iterations, which weights
   (EMA or raw) and scores;
