@@ -4,11 +4,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.checkpoint import assign_weights
 from models.config import HybriMambaConfig, check_scan_backend
 from models.pretrained import DEFAULT_TASK, FOLDER_FILE, SUFFIX, Release, read_release, write_release
 from models.sampling import Downsample, Upsample
 from models.stage import Stage
-from utils.errors import UserError
 
 NO_WEIGHT_DECAY = ("A_logs", "Ds")
 LEAKY_SLOPE = 0.01  # PyTorch's default, as in the authors' nn.LeakyReLU(inplace=True) (spec 2)
@@ -81,11 +81,7 @@ class HybriMamba(nn.Module):
     def from_release(cls, release, device="cpu", scan_backend="auto", source="the release"):
         """``from_pretrained`` for a ``models.pretrained.Release`` already read; ``source`` names it in errors."""
         model = cls(release.config, scan_backend=scan_backend)
-        try:
-            model.load_state_dict(release.state_dict)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise UserError(f"{source}: the weights do not fit the network its config describes ({first})") from None
+        assign_weights(model, release.state_dict, source)  # mismatched or non-finite weights: a one-line error
         model.task, model.provenance = dict(release.task), dict(release.provenance)
         return model.eval().to(device)
 

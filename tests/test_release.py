@@ -79,6 +79,7 @@ def rewrite(path, tensors=None, **meta_changes):
     ("config value", "embed_dim"),
     ("config key", "unknown network option"),
     ("wrong weights", "weights do not fit"),
+    ("nan weights", "non-finite values"),
 ])
 def test_damaged_or_foreign_files_are_one_line_errors_naming_the_file(tiny, tmp_path, damage, message):
     path = tiny.save_pretrained(tmp_path / "m.safetensors")
@@ -96,6 +97,10 @@ def test_damaged_or_foreign_files_are_one_line_errors_naming_the_file(tiny, tmp_
         rewrite(path, config=json.dumps({**tiny.config.to_dict(), "embed_dim": "four"}))
     elif damage == "config key":
         rewrite(path, config=json.dumps({**tiny.config.to_dict(), "heads": 2}))
+    elif damage == "nan weights":  # a diverged network saved as it was: the checksum matches, the values do not
+        state = {k: v.clone() for k, v in tiny.state_dict().items()}
+        state["shallow.0.weight"][0, 0, 0, 0] = float("nan")
+        rewrite(path, tensors=state, weights_sha256=weights_checksum(state))
     else:  # the config of a wider network than the weights, checksum made to match
         state = tiny.state_dict()
         config = json.dumps({**tiny.config.to_dict(), "embed_dim": 8})
