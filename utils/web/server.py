@@ -46,7 +46,7 @@ class FaceApp:
         self.lock = threading.Lock()
 
     def info(self):
-        return {"model": self.name, "config": self.model.config, "task": self.model.task,
+        return {"model": self.name, "config": self.model.config.to_dict(), "task": self.model.task,
                 "provenance": self.model.provenance}
 
     def enhance(self, data, treat_as="auto", name="upload"):
