@@ -13,7 +13,8 @@ help: ## list the targets
 $(VENV)/.installed: requirements.txt requirements-extra.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install -r requirements.txt -r requirements-extra.txt
+	$(VENV)/bin/pip install -r requirements.txt
+	bash tests/install_extras.sh $(VENV)/bin/pip
 	touch $@
 
 # test-only references (basicsr's metric functions), without their own dependencies

@@ -207,7 +207,8 @@ def require(package, feature):
     try:
         return importlib.import_module(package)
     except ImportError:
-        raise UserError(f"{feature} needs the package '{package}': pip install -r requirements-extra.txt") from None
+        raise UserError(f"{feature} needs the package '{package}': pip install {package} (requirements-extra.txt "
+                        f"names the versions tested)") from None
 
 
 def dynamic_example(channels):

@@ -100,7 +100,7 @@ def require_onnxruntime():
     except ImportError as err:
         if in_ci():
             pytest.fail(f"{err.name} is missing; CI installs requirements-extra.txt", pytrace=False)
-        pytest.skip(f"{err.name} is not installed (pip install -r requirements-extra.txt)")
+        pytest.skip(f"{err.name} is not installed (pip install {err.name})")
     return onnxruntime
 
 
@@ -187,6 +187,11 @@ def test_a_dynamic_graph_takes_other_sizes_and_batches(tmp_path):
         with torch.no_grad():
             want = parts(x).numpy()
         np.testing.assert_allclose(session.run(None, {INPUT: x.numpy()})[0], want, rtol=0, atol=1e-4)
+
+
+def test_a_missing_package_is_named_in_one_line():
+    with pytest.raises(UserError, match="^ONNX export needs the package 'no_such_package': pip install no_such_package "):
+        onnx_friendly_module.require("no_such_package", "ONNX export")
 
 
 def test_onnx_export_refusals(tmp_path):

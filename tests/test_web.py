@@ -124,7 +124,7 @@ def browser_paths():
     try:
         import selenium  # noqa: F401
     except ImportError:
-        missing = "the Python package 'selenium' (pip install -r requirements-extra.txt)"
+        missing = "the Python package 'selenium' (pip install selenium)"
     else:
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         driver = shutil.which("chromedriver")
