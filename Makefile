@@ -37,10 +37,11 @@ mutation-test: $(VENV)/.installed-test ## apply realistic bugs one at a time in 
 fresh-machine-test: ## clone, install requirements.txt into a brand-new venv, import everything, run param.py
 	bash tests/fresh_machine.sh
 
-bench: $(VENV)/.installed ## run the scan, training and metric benchmarks (prints tables)
+bench: $(VENV)/.installed ## run the scan, training, metric and ONNX benchmarks (prints tables)
 	$(PY) bench/bench_scan.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_metrics.py
+	$(PY) bench/bench_onnx.py
 
 clean: ## remove demo and test outputs (never .venv, ckpt/ or check_points/)
 	rm -rf $(OUT) .pytest_cache

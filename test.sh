@@ -11,7 +11,8 @@ CELEBA_LR=${CELEBA_LR:-/path/to/CelebA/celeba_test/LR}
 # Written by train.py (the authors' demo file was ./ckpt/latest_demo_model.pt). Without it, the small
 # 8x model that ships with the project (pretrained/README.md; not the paper's model) is used.
 TRAINED=./ckpt/Mamba-SRx8/latest.pt
-SHIPPED=./pretrained/HybriMamba-tiny-x8.pt
+# models/pretrained.py's SHIPPED_MODEL (tests/test_pretrained.py checks that they agree)
+SHIPPED=./pretrained/HybriMamba-tiny-x8.safetensors
 if [ -z "${CKPT:-}" ]; then
     if [ -f "$TRAINED" ]; then CKPT=$TRAINED; else CKPT=$SHIPPED; fi
     echo "test.sh: using $CKPT (set CKPT=... to choose another checkpoint)"

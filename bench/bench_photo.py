@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.evaluation.pretrained import SHIPPED_MODEL
+from models.pretrained import SHIPPED_MODEL
 from utils.image_io import list_images, read_rgb
 from utils.photo import geometry, synthetic
 from utils.photo.alignment import frame_transform

@@ -12,12 +12,10 @@ and plain Python types are stored, so every file loads with ``torch.load(weights
 which cannot execute code from the file.
 """
 import contextlib
-import hashlib
 import logging
-import os
 import pickle
 import re
-import uuid
+import shlex
 import zipfile
 from pathlib import Path
 
@@ -25,27 +23,18 @@ import torch
 
 from models.config import HybriMambaConfig
 from models.device import unwrap
+from models.pretrained import DEFAULT_TASK, TASK_TYPES, Release, read_release, weights_checksum
+from models.pretrained import SUFFIX as RELEASE_SUFFIX
+from utils.atomic_file import TEMP_NAME, atomic_output
 from utils.errors import UserError, first_few
 
 log = logging.getLogger("hybrimamba")
 MODULE_PREFIX = "module."
 CHECKSUMMED = ("model", "ema")
-# The temporary name save_checkpoint writes to: .<final name>.<pid>.<8 hex digits>.tmp
-TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 
 
 class WeightsMismatch(UserError):
     """A state_dict whose keys or shapes do not fit the network."""
-
-
-def weights_checksum(state_dict):
-    """sha256 (hex) over a state_dict's keys (sorted), dtypes, shapes and tensor bytes."""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def with_checksums(state):
@@ -83,25 +72,10 @@ def save_checkpoint(path, state):
 
     A crash or an exception while writing leaves the previous file at ``path`` untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = with_checksums(state)
     # A fresh unique name opened with "x" (not mkstemp): the file gets the umask's permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise UserError(f"{path}: cannot write the checkpoint ({err.strerror or err}); "
-                            f"free disk space or choose another --ckpt_dir") from None
-        raise
-    _fsync_dir(path.parent)
+    with atomic_output(path, "the checkpoint", "free disk space or choose another --ckpt_dir") as tmp, \
+            open(tmp, "xb") as f:
+        torch.save(with_checksums(state), f)
 
 
 def remove_interrupted_saves(folder):
@@ -117,20 +91,13 @@ def remove_interrupted_saves(folder):
     return len(found), size
 
 
-def _fsync_dir(folder):
-    """Make the rename itself durable (POSIX); platforms without directory fsync skip it."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def load_checkpoint(path):
     """Load a checkpoint onto the CPU with ``weights_only=True`` and verify its checksums; unreadable
     or damaged files raise ``UserError``."""
     path = Path(path)
+    if path.suffix == RELEASE_SUFFIX:
+        raise UserError(f"{path}: a release file holds weights only, no training state to resume; start a new run "
+                        f"from it with --pretrain_model_path and a new --name")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file; check --pretrain_model_path / --ckpt_dir and --name")
     if not zipfile.is_zipfile(path):
@@ -147,6 +114,25 @@ def load_checkpoint(path):
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
     verify_checksums(ckpt, path)
+    return ckpt
+
+
+def is_release_path(path):
+    """Whether ``path`` names a release (a .safetensors file, or a folder written by save_pretrained)."""
+    return Path(path).suffix == RELEASE_SUFFIX or Path(path).is_dir()
+
+
+def load_model_file(path):
+    """A file of weights, loaded as a checkpoint dict: a torch checkpoint (``load_checkpoint``), or a release
+    (``.safetensors`` or a folder, ``models.pretrained``) as ``{"model", "options": config and task,
+    "provenance"}`` plus ``iteration`` when the release records it."""
+    if not is_release_path(path):
+        return load_checkpoint(path)
+    release = read_release(path)
+    ckpt = {"model": release.state_dict, "options": {**release.config.to_dict(), **release.task},
+            "provenance": release.provenance}
+    if isinstance(release.provenance.get("iterations"), int):
+        ckpt["iteration"] = release.provenance["iterations"]
     return ckpt
 
 
@@ -215,16 +201,59 @@ def load_weights(model, path, prefer_ema=True, ckpt=None):
     one-line description.
 
     ``path`` may hold a training checkpoint (EMA weights are used when present and
-    ``prefer_ema``, else the raw ones) or a bare state_dict; ``module.`` prefixes are stripped.
+    ``prefer_ema``, else the raw ones), a bare state_dict or a release (.safetensors); ``module.``
+    prefixes are stripped.
     Missing, unexpected or differently shaped entries raise ``UserError`` listing the first
     few and, when the checkpoint stores its options, the network configuration it needs; NaN or
     inf values raise ``UserError`` naming the tensors.
     """
     if ckpt is None:
-        ckpt = load_checkpoint(path)
+        ckpt = load_model_file(path)
     state, which = select_weights(ckpt, prefer_ema)
     if state is None:
         raise UserError(f"{path}: holds neither a training checkpoint (key 'model') nor a state_dict of tensors")
+    if "provenance" in ckpt:  # a release holds one set of weights; its provenance says which
+        which = ckpt["provenance"].get("weights", "released")
     assign_weights(model, state, path, ckpt)
     where = f" (iteration {int(ckpt['iteration'])})" if isinstance(ckpt, dict) and "iteration" in ckpt else ""
     return f"{which} weights from {path}{where}"
+
+
+def training_command(options):
+    """``python train.py`` with the flags the run typed (``options['explicit']``), paths shortened to their
+    last part (they name folders of the machine it ran on); None when the checkpoint does not record them."""
+    typed = options.get("explicit")
+    if not isinstance(typed, (list, tuple)) or not typed:
+        return None
+    words = ["python", "train.py"]
+    for key in typed:
+        value = options.get(key)
+        if isinstance(value, bool):
+            words += [f"--{key}"] if value else []
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        words += [f"--{key}", *(Path(str(v)).name if "/" in str(v) or "\\" in str(v) else str(v) for v in values)]
+    return shlex.join(words)
+
+
+def read_as_release(src, prefer_ema=True):
+    """The ``models.pretrained.Release`` in ``src``: a release file read as it is, or a torch checkpoint's
+    weights (EMA when present and ``prefer_ema``), network options, task and provenance."""
+    if is_release_path(src):
+        return read_release(src)
+    ckpt = load_checkpoint(src)
+    state, which = select_weights(ckpt, prefer_ema)
+    if state is None or which == "bare state_dict" or not isinstance(ckpt.get("options"), dict):
+        raise UserError(f"{src}: not a training checkpoint of train.py (it needs the keys 'model' and 'options')")
+    options = ckpt["options"]
+    config = stored_config(ckpt, src)
+    if config is None:
+        raise UserError(f"{src}: its options name no network settings; it was not written by train.py")
+    task = {key: options[key] for key in TASK_TYPES if key in options}
+    provenance = {**ckpt.get("provenance", {}), "weights": ckpt.get("weights", which), "source": Path(src).name}
+    if "iteration" in ckpt:
+        provenance["iterations"] = int(ckpt["iteration"])
+    command = training_command(options)
+    if command:
+        provenance["training_command"] = command
+    return Release(state, config, {**DEFAULT_TASK, **task}, provenance)

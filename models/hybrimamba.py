@@ -1,8 +1,12 @@
 """HybriMamba: the U-shaped encoder-decoder of HybriMamba Stages for face super-resolution."""
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from models.checkpoint import assign_weights
 from models.config import HybriMambaConfig, check_scan_backend
+from models.pretrained import DEFAULT_TASK, FOLDER_FILE, SUFFIX, Release, read_release, write_release
 from models.sampling import Downsample, Upsample
 from models.stage import Stage
 
@@ -31,6 +35,8 @@ class HybriMamba(nn.Module):
         check_scan_backend(scan_backend)
         self.config = config
         in_chans, c = config.in_chans, config.embed_dim
+        # What a release file says about the weights (models/pretrained.py); from_pretrained fills them.
+        self.task, self.provenance = dict(DEFAULT_TASK), {}
 
         def stage(dim):
             return Stage(dim, depth=config.depth, n_layers=config.n_layers, mlp_ratio=config.mlp_ratio,
@@ -63,6 +69,31 @@ class HybriMamba(nn.Module):
         d = self.dec2(torch.cat((self.up1(d), s1), dim=1))
         d = self.dec3(torch.cat((self.up2(d), s0), dim=1))
         return self.reconstruct(d) + x
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", scan_backend="auto"):
+        """The network stored in a release file (``.safetensors``, or a folder written by ``save_pretrained``),
+        with its weights, in eval mode on ``device``. ``config`` holds its configuration, ``task`` its
+        scale factor and size, ``provenance`` how it was made. A damaged or foreign file raises ``UserError``."""
+        return cls.from_release(read_release(path), device, scan_backend, source=path)
+
+    @classmethod
+    def from_release(cls, release, device="cpu", scan_backend="auto", source="the release"):
+        """``from_pretrained`` for a ``models.pretrained.Release`` already read; ``source`` names it in errors."""
+        model = cls(release.config, scan_backend=scan_backend)
+        assign_weights(model, release.state_dict, source)  # mismatched or non-finite weights: a one-line error
+        model.task, model.provenance = dict(release.task), dict(release.provenance)
+        return model.eval().to(device)
+
+    def save_pretrained(self, path, provenance=None):
+        """Write the weights, configuration, task and provenance (``provenance`` adds to the model's) as a
+        release: to ``path`` if it ends in .safetensors, else to ``path/model.safetensors``. A file there
+        that is not a HybriMamba release is never replaced. Returns the file's path."""
+        path = Path(path)
+        file = path if path.suffix == SUFFIX else path / FOLDER_FILE
+        provenance = {**self.provenance, **(provenance or {})}
+        release = Release(self.state_dict(), self.config, dict(self.task), provenance)
+        return write_release(file, release)
 
     def set_scan_backend(self, name):
         """Switch the selective-scan backend of every Image-SSM (one of models.config.SCAN_BACKENDS)."""

@@ -12,10 +12,10 @@ from PIL import Image
 from data.prepare_celeba import DEFAULT_BOX
 from models import HybriMamba
 from models.checkpoint import save_checkpoint
+from models.pretrained import SHIPPED_MODEL
 from tests.conftest import ROOT, file_hashes, shared_path
 from utils.demo.faces import astronaut_source
 from utils.errors import UserError
-from utils.evaluation.pretrained import SHIPPED_MODEL
 from utils.image_io import list_images, read_rgb
 from utils.photo import cli, detector, geometry, synthetic
 from utils.photo.alignment import FRAME, TEMPLATE

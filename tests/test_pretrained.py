@@ -1,4 +1,4 @@
-"""The shipped 8x model (pretrained/HybriMamba-tiny-x8.pt): it loads by itself, beats bicubic on real
+"""The shipped 8x model (pretrained/HybriMamba-tiny-x8.safetensors): it loads by itself, beats bicubic on real
 faces, and its output on one fixed face does not change silently."""
 import hashlib
 import os
@@ -11,13 +11,14 @@ import torch
 from PIL import Image
 
 from models import HybriMamba
-from models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.pretrained import SHIPPED_MODEL
 from tests.conftest import ROOT
 from utils.demo.faces import astronaut_face
 from utils.errors import UserError
 from utils.training.export_model import export_model
 
-SHIPPED = ROOT / "pretrained" / "HybriMamba-tiny-x8.pt"
+SHIPPED = SHIPPED_MODEL
 NETWORK_KEYS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_ratio")
 # sha256 of the PNG that test.py writes for the astronaut's face with the shipped model and the `torch`
 # scan. Regenerate it only on purpose (a new shipped model, or a deliberate change of the network's
@@ -41,11 +42,13 @@ def psnr_y(hr, sr):
 
 def test_shipped_model_is_small_and_carries_its_network():
     assert SHIPPED.stat().st_size < 5 * 2**20
-    ckpt = load_checkpoint(SHIPPED)
-    options = ckpt["options"]
-    assert all(key in options for key in NETWORK_KEYS)
-    model = HybriMamba(**{key: options[key] for key in NETWORK_KEYS})
-    load_weights(model, SHIPPED)
+    model = HybriMamba.from_pretrained(SHIPPED)
+    assert model.config.to_dict() == {"in_chans": 3, "embed_dim": 16, "depth": 1, "n_layers": 1, "expand": 1.0,
+                                      "d_state": 4, "mlp_ratio": 2.0}
+    assert model.task == {"scale_factor": 8, "load_size": 128}
+    assert model.provenance["iterations"] == 1800 and model.provenance["weights"] == "EMA"
+    assert model.provenance["training_command"].startswith("python train.py ")
+    assert model.provenance["scores"]["count"] == 780
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
 
 
@@ -83,12 +86,12 @@ def test_export_keeps_one_set_of_weights_and_the_network_options_only(tmp_path):
                "load_size": 128, "scale_factor": 8, "dataroot": "/home/someone/faces", "lr": 4e-4}
     src = tmp_path / "latest.pt"
     save_checkpoint(src, {"model": raw, "ema": ema, "optimizer": {"state": {}}, "options": options, "iteration": 7})
-    assert export_model(src, tmp_path / "out.pt") == "EMA"
+    assert export_model(src, tmp_path / "out.pt").provenance["weights"] == "EMA"
     out = load_checkpoint(tmp_path / "out.pt")
-    assert set(out["options"]) == set(NETWORK_KEYS) | {"load_size", "scale_factor"}
+    assert set(out["options"]) == {"in_chans", *NETWORK_KEYS, "load_size", "scale_factor"}
     assert out["iteration"] == 7 and "optimizer" not in out and "ema" not in out
     assert all(torch.equal(out["model"][k], ema[k]) for k in raw)
-    assert export_model(src, tmp_path / "raw.pt", prefer_ema=False) == "raw"
+    assert export_model(src, tmp_path / "raw.pt", prefer_ema=False).provenance["weights"] == "raw"
     with pytest.raises(UserError, match="would overwrite"):
         export_model(src, src)
 
@@ -109,7 +112,7 @@ def test_test_sh_defaults_to_the_shipped_model(tmp_path):
                CELEBA_LR=str(lr_dir), HELEN_OUT=str(tmp_path / "helen"), CELEBA_OUT=str(tmp_path / "celeba"))
     done = subprocess.run(["bash", "test.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "test.sh: using ./pretrained/HybriMamba-tiny-x8.pt" in done.stdout
+    assert f"test.sh: using ./{SHIPPED_MODEL.relative_to(ROOT)} (" in done.stdout  # the one default, in bash too
     for out in ("helen", "celeba"):
         assert np.asarray(Image.open(tmp_path / out / "astronaut.png")).shape == (128, 128, 3)
 

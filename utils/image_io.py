@@ -48,6 +48,13 @@ def read_rgb(path):
         raw = np.fromfile(str(path), dtype=np.uint8)
     except OSError as err:
         raise UserError(f"{path}: cannot read the file ({err.strerror}); check the path and permissions") from None
+    return decode_rgb(raw, path)
+
+
+def decode_rgb(raw, path):
+    """``read_rgb`` for the bytes ``raw`` of an image file (bytes or a uint8 array); ``path`` names it in
+    notices and errors."""
+    raw = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray)) else raw
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
     if img is None:
         raise UserError(f"{path}: not a readable image (corrupt or unsupported format); re-export or remove it")

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.pretrained import SHIPPED_MODEL
 from utils.demo.faces import GROUP_SIZES, astronaut_face, astronaut_group_photo, build_builtin_faces, build_user_faces
 from utils.errors import UserError
-from utils.evaluation.pretrained import SHIPPED_MODEL
 from utils.image_io import read_rgb, write_rgb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,6 @@ BICUBIC = "Bicubic"
 NETWORK = {"embed_dim": 8, "depth": 1, "n_layers": 1, "expand": 1.0, "d_state": 4, "mlp_ratio": 2.0}
 LR_DECAY_AT = 0.8  # the learning rate halves after this fraction of the epochs
 LPIPS_HOST = ("download.pytorch.org", 443)
-SHIPPED = SHIPPED_MODEL
 SHIPPED_SIZE, SHIPPED_SCALE = 128, 8
 CLOSEUP_FACES = (0, 2, 4)  # the group photo's faces shown close up (16, 24 and 32 pixels)
 CLOSEUP_SIDE = 160         # pixels of each close-up tile
@@ -195,8 +194,8 @@ def score_table(args, size, hr_dir, dataset, folders, table):
 def shipped_model_on_a_real_face(args, faces, results):
     """The shipped 8x model on the astronaut's face (16x16 -> 128x128): SR, bicubic, scores and a picture;
     returns the lines naming what was written."""
-    if not SHIPPED.is_file():
-        print(f"skipped: {SHIPPED.relative_to(ROOT)} is not in this checkout")
+    if not SHIPPED_MODEL.is_file():
+        print(f"skipped: {SHIPPED_MODEL.relative_to(ROOT)} is not in this checkout")
         return []
     hr_dir, lr_dir = faces / "astronaut_hr", faces / "astronaut_lr"
     sr_dir, bicubic_dir = results / "x8" / MODEL, results / "x8" / BICUBIC
@@ -204,8 +203,9 @@ def shipped_model_on_a_real_face(args, faces, results):
     write_rgb(hr_dir / "astronaut.png", astronaut_face(SHIPPED_SIZE))
     run(["-m", "data.make_lr", hr_dir, "--lr_dir", lr_dir, "--lr_up_dir", bicubic_dir, "--scale", SHIPPED_SCALE],
         "making the LR face", args.torch_threads)
-    run(["test.py", "--gpus", 0, "--dataroot", lr_dir, "--pretrain_model_path", SHIPPED, "--load_size", SHIPPED_SIZE,
-         "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0], "testing", args.torch_threads)
+    run(["test.py", "--gpus", 0, "--dataroot", lr_dir, "--pretrain_model_path", SHIPPED_MODEL,
+         "--load_size", SHIPPED_SIZE, "--scale_factor", SHIPPED_SCALE, "--save_as_dir", sr_dir, "--num_threads", 0],
+        "testing", args.torch_threads)
     score_table(args, SHIPPED_SIZE, hr_dir, "astronaut x8", [bicubic_dir, sr_dir], table)
     run(["-m", "utils.evaluation.side_by_side", "--lr", lr_dir, "--sr", sr_dir, "--hr", hr_dir, "--bicubic", "--n", 1,
          "--per_row", 1, "--out", picture], "the side-by-side picture", args.torch_threads)
@@ -239,8 +239,8 @@ def closeup(group, result, bicubic, faces=CLOSEUP_FACES):
 def small_faces_in_a_photo(args, faces, results):
     """The shipped model on a built-in photo with six small faces, through enhance.py; returns the lines
     naming what was written."""
-    if not SHIPPED.is_file():
-        print(f"skipped: {SHIPPED.relative_to(ROOT)} is not in this checkout")
+    if not SHIPPED_MODEL.is_file():
+        print(f"skipped: {SHIPPED_MODEL.relative_to(ROOT)} is not in this checkout")
         return []
     if importlib.util.find_spec("facenet_pytorch") is None:
         from utils.photo.detector import INSTALL

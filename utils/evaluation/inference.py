@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from data.image_tensor import to_uint8
 from data.single_dataset import SingleDataset
 from models import HybriMamba, forward_padded
-from models.checkpoint import WeightsMismatch, load_checkpoint, load_weights, stored_config
+from models.checkpoint import WeightsMismatch, load_model_file, load_weights, stored_config
 from models.config import HybriMambaConfig
 from models.selective_scan import resolve_backend
 from options.base_options import network_config
@@ -76,7 +76,7 @@ def network_options(opt, stored):
 def build_model(opt, device):
     """(HybriMamba in eval mode on ``device`` with the checkpoint's weights, one-line description)."""
     path = opt.pretrain_model_path
-    ckpt = load_checkpoint(path)
+    ckpt = load_model_file(path)
     stored = stored_config(ckpt, path)
     config, notices = network_options(opt, stored)
     for line in notices:

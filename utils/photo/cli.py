@@ -14,10 +14,10 @@ from pathlib import Path
 
 import cv2
 
+from models.pretrained import SHIPPED_MODEL
 from options.base_options import SCAN_BACKENDS, OptionParser
 from utils.errors import UserError
 from utils.evaluation.inference import console_logging, select_device
-from utils.evaluation.pretrained import SHIPPED_MODEL
 from utils.image_io import is_image_file
 from utils.output_folder import check_output_folder
 from utils.photo.detector import MIN_BOX, UPSAMPLE, FaceDetector

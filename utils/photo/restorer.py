@@ -12,10 +12,10 @@ from PIL import Image
 from data.degradation import resize_bicubic
 from data.image_tensor import to_tensor
 from models import forward_padded
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_model_file
+from models.pretrained import SHIPPED_MODEL
 from options.test_options import TestOptions
 from utils.evaluation.inference import build_model
-from utils.evaluation.pretrained import SHIPPED_MODEL
 
 
 def load_model(path=SHIPPED_MODEL, device="cpu", scan_backend="auto"):
@@ -25,7 +25,7 @@ def load_model(path=SHIPPED_MODEL, device="cpu", scan_backend="auto"):
     defaults = TestOptions().defaults()
     opt = argparse.Namespace(**{**defaults, "pretrain_model_path": str(path), "scan_backend": scan_backend})
     model, what = build_model(opt, device)
-    ckpt = load_checkpoint(path)
+    ckpt = load_model_file(path)  # a release (.safetensors) or a torch checkpoint
     stored = ckpt.get("options") if isinstance(ckpt, dict) and isinstance(ckpt.get("options"), dict) else {}
     scale = int(stored.get("scale_factor", defaults["scale_factor"]))
     size = int(stored.get("load_size", defaults["load_size"]))
