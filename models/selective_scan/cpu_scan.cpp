@@ -1,4 +1,4 @@
-// The selective scan on the CPU: one fused loop over time per block of channels (ARCHITECTURE.md 3.4).
+// The selective scan on the CPU: one fused loop over time per block of channels (docs/architecture.md §3.4).
 //
 // Layout (mamba-ssm's): u, delta (Bt, K*Dn, L); A (K*Dn, N); B, C (Bt, K, N, L); D, delta_bias (K*Dn,).
 // h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,  y_t = C_t . h_t + D u_t,  dt = softplus(delta + bias).
