@@ -11,6 +11,9 @@ the working memory, and compiles with --compile), then the mean of the timed ste
     python bench/bench_train.py --quick    # batches 1 4, one timed step, ref only at batch 1
     python bench/bench_train.py --batches 4 --backends cpp --amp fp32 --malloc retain system
                                            # host memory kept for reuse (train.py's way) or not
+    python bench/bench_train.py --batches 2 4 --backends auto --amp fp32 --paths unfused fused
+                                           # the fused Image-SSM and recomputation against the unfused
+                                           # path (cross-scan copies, every activation kept), side by side
 """
 import argparse
 import json
@@ -28,10 +31,11 @@ from bench.process_memory import peak_rss_mb  # noqa: E402 (needs ROOT on sys.pa
 
 
 def run_case(batch, backend, amp, steps, size, activation_checkpointing=False, compile_network=False,
-             malloc="retain"):
+             malloc="retain", path="fused"):
     """Time one first step (which compiles, with ``compile_network``) and then ``steps`` training steps;
     returns a dict of figures. ``malloc``: 'retain' keeps freed host memory for reuse as train.py does,
-    'system' leaves glibc's malloc as it is."""
+    'system' leaves glibc's malloc as it is. ``path``: 'fused' (the default network) or 'unfused'
+    (``set_fused(False)``)."""
     import torch
     import torch.nn.functional as F
 
@@ -46,6 +50,7 @@ def run_case(batch, backend, amp, steps, size, activation_checkpointing=False, c
     torch.manual_seed(0)
     net = HybriMamba(scan_backend=backend).to(device).train()
     net.set_activation_checkpointing(activation_checkpointing)
+    net.set_fused(path == "fused")
     if compile_network:
         net.compile()
     optimizer = torch.optim.AdamW(net.optimizer_param_groups(0.02), lr=4e-4, betas=(0.9, 0.99))
@@ -94,7 +99,8 @@ def cases(args):
                 continue
             for amp in args.amp:
                 for malloc in args.malloc:
-                    yield batch, backend, amp, malloc
+                    for path in args.paths:
+                        yield batch, backend, amp, malloc, path
 
 
 def main(argv=None):
@@ -113,43 +119,53 @@ def main(argv=None):
     parser.add_argument("--malloc", nargs="+", default=["retain"], choices=["retain", "system"],
                         help="retain: keep freed host memory for reuse, as train.py does (default); system: glibc's "
                              "malloc as it is; give both to compare them side by side")
+    parser.add_argument("--paths", nargs="+", default=["fused"], choices=["fused", "unfused"],
+                        help="fused: the default network (fused Image-SSM kernels, cheap activations recomputed); "
+                             "unfused: set_fused(False), the path before them; give both to compare them side by side")
     parser.add_argument("--case_timeout", type=float, default=3600, help="seconds before a case is abandoned")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args(argv)
     steps = args.steps or (1 if args.quick else 3)
     if args.case:
-        batch, backend, amp, malloc = args.case.split(",")
+        batch, backend, amp, malloc, path = args.case.split(",")
         print(json.dumps(run_case(int(batch), backend, amp, steps, args.size, args.activation_checkpointing,
-                                  args.compile, malloc)))
+                                  args.compile, malloc, path)))
         return 0
     args.batches = args.batches or ([1, 4] if args.quick else [1, 4, 8])
     print(f"training step at {args.size}x{args.size}, embed_dim 32 (paper config), {steps} timed step(s) "
           f"after the first{', activation checkpointing' if args.activation_checkpointing else ''}"
           f"{', torch.compile' if args.compile else ''}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'batch':>5} {'backend':>10} {'amp':>5} {'malloc':>6} {'1st s':>7} {'s/step':>9} {'images/s':>9} "
-          f"{'peak MiB':>9} {'step MiB':>9}  device")
-    for batch, backend, amp, malloc in cases(args):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{batch},{backend},{amp},{malloc}",
+    print(f"{'batch':>5} {'backend':>10} {'amp':>5} {'malloc':>6} {'path':>7} {'1st s':>7} {'s/step':>9} "
+          f"{'images/s':>9} {'peak MiB':>9} {'step MiB':>9}  device")
+    steps_by_case = {}
+    for batch, backend, amp, malloc, path in cases(args):
+        label = f"{batch:>5} {backend:>10} {amp:>5} {malloc:>6} {path:>7}"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{batch},{backend},{amp},{malloc},{path}",
                "--steps", str(steps), "--size", str(args.size)]
         cmd += [flag for flag, on in (("--activation_checkpointing", args.activation_checkpointing),
                                       ("--compile", args.compile)) if on]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, cwd=ROOT)
         except subprocess.TimeoutExpired:
-            print(f"{batch:>5} {backend:>10} {amp:>5} {malloc:>6}  timed out after {args.case_timeout:.0f} s",
-                  flush=True)
+            print(f"{label}  timed out after {args.case_timeout:.0f} s", flush=True)
             continue
         if done.returncode != 0:
             killed = f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else "no output"
             reason = (done.stderr.strip().splitlines() or [killed])[-1]
-            print(f"{batch:>5} {backend:>10} {amp:>5} {malloc:>6}  failed: {reason}", flush=True)
+            print(f"{label}  failed: {reason}", flush=True)
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         step_mb = f"{r['step_mb']:9.0f}" if "step_mb" in r else f"{'-':>9}"
         shown = f"auto={r['backend']}" if backend == "auto" else backend
-        print(f"{batch:>5} {shown:>10} {amp:>5} {malloc:>6} {r['first_s']:7.2f} {r['step_s']:9.2f} "
+        print(f"{batch:>5} {shown:>10} {amp:>5} {malloc:>6} {path:>7} {r['first_s']:7.2f} {r['step_s']:9.2f} "
               f"{r['images_per_s']:9.3f} {r['peak_mb']:9.0f} {step_mb}  {r['device']}", flush=True)
+        steps_by_case[batch, backend, amp, malloc, path] = r
+    for (batch, backend, amp, malloc, path), fused in steps_by_case.items():
+        unfused = steps_by_case.get((batch, backend, amp, malloc, "unfused"))
+        if path == "fused" and unfused:
+            print(f"batch {batch} {backend} {amp}: fused {unfused['step_s'] / fused['step_s']:.2f}x faster per step, "
+                  f"{fused['peak_mb'] / unfused['peak_mb']:.2f} of the peak memory")
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a CUDA machine adds to `make test`, in one run of about 15 minutes, most telling first:
 #   the CUDA tests (the triton scan against the float64 oracle, bf16, the network compiled), the
-#   training benchmark (seed command at batch 32 bf16: triton, triton + --compile, torch), the scan
+#   training benchmark (seed command at batch 32 bf16: triton, triton + --compile, torch), the
+#   activation memory of the seed's command (fused against unfused, bench_memory.py), the scan
 #   benchmark (torch / triton / cuda at the stage shapes, B = 8 and 32), a short bf16 training run of
 #   the seed's command on real CelebA faces (validation, checkpoints, resume), test.py with
 #   PSNR/SSIM/LPIPS on its output, and the whole test suite.
@@ -39,6 +40,8 @@ step cuda_tests 240 $PY -m pytest -v -rs -k "cuda or gpu" tests/test_selective_s
 TAIL=12 step bench_train 240 bash -c "$PY bench/bench_train.py --backends triton --batches 32 --amp bf16 --steps 3 --case_timeout 90;
     $PY bench/bench_train.py --backends triton --batches 32 --amp bf16 --steps 3 --compile --case_timeout 150;
     $PY bench/bench_train.py --backends torch --batches 8 32 --amp bf16 --steps 2 --case_timeout 60"
+# What the seed's command keeps per image and its step's peak, fused against unfused (target: <= 24 GB fused).
+TAIL=34 step bench_memory 200 $PY bench/bench_memory.py --amp bf16 --batch 32 --train_step
 TAIL=16 step bench_scan 150 $PY bench/bench_scan.py --device cuda --repeats 1
 step prepare 60 bash -c "$PY -m data.prepare_celeba --src '$SHARED/data/celeba_align/train' --out '$WORK/train' &&
     $PY -m data.prepare_celeba --src '$SHARED/data/celeba_align/val' --out '$WORK/val' --make_test_lr"

@@ -109,11 +109,19 @@ def count_complexity(model, size=(128, 128), batch=1):
     import thop
 
     was_training = model.training
+    # The unfused path calls every conv and linear as a module, which is what thop counts (the fused
+    # Fourier branch runs its 1x1 convs as matrix products); both compute the same function.
+    fused = {module: module.fused for module in model.modules() if hasattr(module, "fused")}
     model.eval()
+    model.set_fused(False)
     x = torch.randn(batch, model.config.in_chans, *size, device=next(model.parameters()).device)
-    with _count_extra_ops(model) as extra, torch.no_grad():
-        _, _, layers = thop.profile(model, inputs=(x,), verbose=False, ret_layer_info=True)
-    model.train(was_training)
+    try:
+        with _count_extra_ops(model) as extra, torch.no_grad():
+            _, _, layers = thop.profile(model, inputs=(x,), verbose=False, ret_layer_info=True)
+    finally:
+        for module, was_fused in fused.items():
+            module.fused = was_fused
+        model.train(was_training)
     per_stage, thop_per_stage, per_op = OrderedDict(), OrderedDict(), defaultdict(lambda: [0.0, 0.0])
     for name, (thop_macs, _, _) in layers.items():
         thop_macs = float(thop_macs)

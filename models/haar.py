@@ -32,3 +32,30 @@ def haar_idwt(ll, highs):
     top = torch.stack((a, b), dim=-1).flatten(-2)
     bottom = torch.stack((c, d), dim=-1).flatten(-2)
     return torch.stack((top, bottom), dim=-2).flatten(-3, -2)
+
+
+class HaarTransform(torch.autograd.Function):
+    """:func:`haar_dwt` whose backward is its adjoint, the inverse transform cropped to x's size: the
+    transform is orthonormal, so the backward keeps nothing and makes no zero-filled slice gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.size = x.shape[-2:]
+        return haar_dwt(x)
+
+    @staticmethod
+    def backward(ctx, grad_ll, grad_highs):
+        h, w = ctx.size
+        return haar_idwt(grad_ll, grad_highs)[..., :h, :w]
+
+
+class HaarInverse(torch.autograd.Function):
+    """:func:`haar_idwt` cropped to ``size`` (H, W); its backward is :func:`haar_dwt`, the adjoint."""
+
+    @staticmethod
+    def forward(ctx, ll, highs, size):
+        return haar_idwt(ll, highs)[..., :size[0], :size[1]]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (*haar_dwt(grad), None)

@@ -71,6 +71,15 @@ class HybriMamba(nn.Module):
             if hasattr(module, "scan_backend"):
                 module.scan_backend = name
 
+    def set_fused(self, enabled):
+        """True (the default): the Image-SSM runs the fused scan kernels of its backend (cpp, triton), and
+        training recomputes cheap activations in the backward instead of keeping them (about a third of
+        the memory). False: the unfused path (cross-scan copies, every activation kept), the reference
+        the fused one is tested against. Outputs and gradients are the same either way."""
+        for module in self.modules():
+            if hasattr(module, "fused"):
+                module.fused = enabled
+
     def set_activation_checkpointing(self, enabled):
         """Store only each HybriMamba block's input for the backward and recompute the rest: the
         same gradients for less memory and one more forward pass of compute."""

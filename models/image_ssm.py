@@ -3,34 +3,15 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from models.selective_scan import selective_scan
-
-DIRECTIONS = 4  # row-major, column-major, and both reversed
-
-
-def cross_scan(x):
-    """(B, D, H, W) -> (B, 4, D, L): row-major, column-major, reversed row-major, reversed column-major."""
-    rows = x.flatten(2)
-    cols = x.transpose(2, 3).flatten(2)
-    return torch.stack((rows, cols, rows.flip(-1), cols.flip(-1)), dim=1)
-
-
-def cross_merge(ys, h, w):
-    """(B, 4, D, L) in the four scan orders -> (B, D, H, W): each put back in row-major order and summed."""
-    b, _, d, _ = ys.shape
-    rows = ys[:, 0] + ys[:, 2].flip(-1)
-    cols = ys[:, 1] + ys[:, 3].flip(-1)
-    return rows.view(b, d, h, w) + cols.view(b, d, w, h).transpose(2, 3)
-
-
-def per_direction_matmul(weight, x):
-    """(K, O, I) @ (B, K, I, L) -> (B, K, O, L), direction k by weight k. One bmm over a view of x, so
-    the backward keeps x itself (which the scan keeps too), not the permuted copy einsum or
-    matmul would make of it."""
-    b, k, i, length = x.shape
-    w = weight.expand(b, *weight.shape).reshape(b * k, *weight.shape[1:])
-    return torch.bmm(w, x.reshape(b * k, i, length)).view(b, k, -1, length)
+from models.selective_scan.image_scan import (
+    DIRECTIONS,
+    cross_scan,
+    image_selective_scan,
+    per_direction_matmul,
+    scan_directions,
+)
 
 
 class SymmetryEnhancement(nn.Module):
@@ -40,10 +21,14 @@ class SymmetryEnhancement(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.strength = strength
+        self.fused = True
 
     def forward(self, y):
-        mirrored = (y + y.flip(-1)) * 0.5
         w = torch.sigmoid(self.alpha)
+        if self.fused:  # the same as y * a + flip_W(y) * c: three passes over y instead of eight
+            c = 0.5 * self.strength * w
+            return torch.addcmul(y * (1 + self.strength * (1 - w) + c), y.flip(-1), c)
+        mirrored = (y + y.flip(-1)) * 0.5
         return y + self.strength * ((1 - w) * y + w * mirrored)
 
 
@@ -51,8 +36,11 @@ class ImageSSM(nn.Module):
     """Image-Selective Scan Module: (B, D, H, W) -> (B, D, H, W).
 
     Per direction k (own parameters): x_proj_k D -> R + 2N gives (dt, B, C); dt_proj_k R -> D
-    with bias gives delta = softplus(dt_proj_k(dt) + bias); A_k = -exp(A_log_k). The four scans
-    run as one grouped selective scan (layout of mamba-ssm's ``selective_scan_fn``).
+    with bias gives delta = softplus(dt_proj_k(dt) + bias); A_k = -exp(A_log_k). With ``fused`` (the
+    default) x_proj runs once in row-major pixel order and ``image_selective_scan`` does the rest (fused
+    kernels on the cpp and triton backends); otherwise the unfused path: x copied into the four scan
+    orders, projected there, one grouped selective scan (layout of mamba-ssm's ``selective_scan_fn``),
+    merged.
     """
 
     def __init__(self, d_inner, *, dt_rank, d_state=8, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4, scan_backend="auto"):
@@ -63,6 +51,7 @@ class ImageSSM(nn.Module):
         self.d_state = d_state
         self.dt_rank = dt_rank
         self.scan_backend = scan_backend
+        self.fused = True
         r = self.dt_rank
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * d_state, d_inner))
         self.dt_proj_weight = nn.Parameter(torch.empty(k, d_inner, r))
@@ -89,20 +78,21 @@ class ImageSSM(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward(self, x):
+        return self.symmetry(self.scan(x))
+
+    def scan(self, x):
+        """The four directions' scans of x (B, D, H, W) merged into (B, D, H, W), in at least float32."""
         b, d, h, w = x.shape
-        k, n, r = DIRECTIONS, self.d_state, self.dt_rank
-        xs = cross_scan(x)
-        x_dbl = per_direction_matmul(self.x_proj_weight, xs)
-        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = per_direction_matmul(self.dt_proj_weight, dts)
         # The SSM parameters in at least float32 (a float64 model keeps them in float64).
         precise = torch.promote_types(self.A_logs.dtype, torch.float32)
-        ys = selective_scan(
-            xs.reshape(b, k * d, -1), dts.reshape(b, k * d, -1), -torch.exp(self.A_logs.to(precise)),
-            bs.contiguous(), cs.contiguous(), D=self.Ds.to(precise),
-            delta_bias=self.dt_proj_bias.reshape(-1).to(precise),
-            delta_softplus=True, backend=self.scan_backend,
-        )
-        # The merge and the symmetry step stay in float32 under autocast, like the scan's arithmetic.
-        y = cross_merge(ys.to(torch.promote_types(ys.dtype, torch.float32)).view(b, k, d, -1), h, w)
-        return self.symmetry(y)
+        ssm = (self.dt_proj_weight, self.dt_proj_bias.to(precise), -torch.exp(self.A_logs.to(precise)),
+               self.Ds.to(precise))
+        if not self.fused:
+            xs = cross_scan(x)
+            return scan_directions(xs, per_direction_matmul(self.x_proj_weight, xs), *ssm, h, w, self.scan_backend)
+        # All directions' projections at once, pixel by pixel: (B, H*W, K, R+2N) memory, seen as
+        # (B, K, R+2N, H*W). x comes channels-last from the Mamba block, so this reads a view of it (which
+        # the scan keeps too); the kernel reads both layouts best.
+        pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        x_dbl = F.linear(pixels, self.x_proj_weight.flatten(0, 1)).view(b, h * w, DIRECTIONS, -1).permute(0, 2, 3, 1)
+        return image_selective_scan(x, x_dbl, *ssm, backend=self.scan_backend)

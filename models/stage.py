@@ -7,10 +7,15 @@ from torch.utils.checkpoint import checkpoint
 
 from models.lem import LEM
 from models.mamba_block import HybriMambaMixer
+from models.recompute import recompute
 
 
 class HybriMambaBlock(nn.Module):
-    """x = x + HybriMambaMixer(LN(x)); x = x + LEM(LN(x)); (B, H, W, d) -> same."""
+    """x = x + HybriMambaMixer(LN(x)); x = x + LEM(LN(x)); (B, H, W, d) -> same.
+
+    In training with ``fused`` (the default) the backward keeps only the LEM's input x and recomputes
+    LN and LEM from it.
+    """
 
     def __init__(self, dim, n_layers=2, mlp_ratio=2.0, **block_kwargs):
         super().__init__()
@@ -18,10 +23,16 @@ class HybriMambaBlock(nn.Module):
         self.mixer = HybriMambaMixer(dim, n_layers=n_layers, **block_kwargs)
         self.norm2 = nn.LayerNorm(dim)
         self.lem = LEM(dim, mlp_ratio=mlp_ratio)
+        self.fused = True
 
     def forward(self, x):
         x = x + self.mixer(self.norm1(x))
-        return x + self.lem(self.norm2(x))
+        if self.fused and torch.is_grad_enabled():
+            return x + recompute(self._enhance, x)
+        return x + self._enhance(x)
+
+    def _enhance(self, x):
+        return self.lem(self.norm2(x))
 
 
 class Stage(nn.Module):

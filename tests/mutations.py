@@ -30,6 +30,10 @@ PHOTO_PARTS = ("tests/test_photo_parts.py",)
 PHOTO_DETECTOR = ("tests/test_photo.py::test_detector_coordinates_do_not_drift_with_size",
                   "tests/test_photo.py::test_alignment_puts_the_eyes_where_the_training_framing_has_them")
 BF16 = ("tests/test_train.py::test_bf16_autocast_computes_layers_in_bf16_and_the_scan_and_fft_in_float32",)
+IMAGE_SCAN = ("tests/test_image_scan.py::test_cpp_matches_the_unfused_reference_float64",)
+# The unfused path, the fused one's reference, is checked against it (the oracle runs the default, fused).
+FUSED_NETWORK = ("tests/test_image_scan.py::test_fused_network_matches_the_unfused_path_float64[tiny-odd-quarter]",)
+FUSED_MODULES = ("tests/test_fused_training.py",)
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,9 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("gate_sigmoid", "models/mamba_block.py", "self.out_norm(y) * F.silu(z)",
-             "self.out_norm(y) * F.sigmoid(z)", ORACLE, "the Mamba block's gate SiLU(z) becomes sigmoid(z)"),
+    Mutation("gate_sigmoid", "models/mamba_block.py", "self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)",
+             "self.out_norm(y.permute(0, 2, 3, 1)) * F.sigmoid(z)", ORACLE,
+             "the Mamba block's gate SiLU(z) becomes sigmoid(z)"),
     Mutation("decoder_skip", "models/hybrimamba.py", "torch.cat((self.up1(d), s1), dim=1)",
              "torch.cat((self.up1(d), self.up1(d)), dim=1)", ORACLE,
              "the second decoder stage gets up1(d) twice instead of (up1(d), s1)"),
@@ -52,8 +57,18 @@ MUTATIONS = (
              "return 2 * x + self.fourier(x) + self.wavelet(x)", ORACLE,
              "FWM adds its input twice (the authors' code)"),
     Mutation("symmetry_vertical", "models/image_ssm.py", "mirrored = (y + y.flip(-1)) * 0.5",
-             "mirrored = (y + y.flip(-2)) * 0.5", ORACLE, "the symmetry term mirrors vertically"),
-    Mutation("merge_columns", "models/image_ssm.py", "cols.view(b, d, w, h).transpose(2, 3)",
+             "mirrored = (y + y.flip(-2)) * 0.5", FUSED_NETWORK, "the unfused symmetry term mirrors vertically"),
+    Mutation("fused_symmetry_vertical", "models/image_ssm.py", "y.flip(-1), c)", "y.flip(-2), c)", ORACLE,
+             "the fused symmetry term mirrors vertically"),
+    Mutation("fourier_adjoint_columns", "models/fwm.py", "grad[..., 1:width - spec.shape[-1] + 1] *= 2",
+             "grad[..., 1:width - spec.shape[-1]] *= 2", FUSED_MODULES,
+             "the Fourier branch's gradient doubles one spectrum column too few"),
+    Mutation("haar_adjoint_uncropped", "models/haar.py", "return haar_idwt(grad_ll, grad_highs)[..., :h, :w]",
+             "return haar_idwt(grad_ll, grad_highs)", FUSED_MODULES,
+             "the Haar transform's backward forgets to crop the padding of odd sides"),
+    Mutation("mamba_layer_keeps_everything", "models/mamba_block.py", "if self.fused and torch.is_grad_enabled():",
+             "if False:", FUSED_MODULES, "training no longer recomputes the Mamba layer's cheap activations"),
+    Mutation("merge_columns", "models/selective_scan/image_scan.py", "cols.view(b, d, w, h).transpose(2, 3)",
              "cols.view(b, d, h, w)", ORACLE, "column-major scans merged back without the transpose"),
     Mutation("haar_pads_first", "models/haar.py", "F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))",
              "F.pad(x, (x.shape[-1] % 2, 0, x.shape[-2] % 2, 0))", ORACLE,
@@ -86,9 +101,21 @@ MUTATIONS = (
     Mutation("scan_flops", "models/complexity.py", "scan = 9 * b * length * k * d * n",
              "scan = 8 * b * length * k * d * n",
              ("tests/test_param.py::test_complexity_totals_by_hand",), "param.py counts 8 FLOPs per scan step, not 9"),
-    Mutation("projection_direction", "models/image_ssm.py", "w = weight.expand(b, *weight.shape)",
+    Mutation("projection_direction", "models/selective_scan/image_scan.py", "w = weight.expand(b, *weight.shape)",
              "w = weight.flip(0).expand(b, *weight.shape)", ORACLE,
              "each direction projected with another direction's x_proj / dt_proj weights"),
+    Mutation("image_scan_not_reversed", "models/selective_scan/cpu_scan.cpp",
+             "const int64_t s = k >= 2 ? height * width - 1 - t : t;",
+             "const int64_t s = k > 2 ? height * width - 1 - t : t;", IMAGE_SCAN,
+             "the fused scan reads direction 2 forwards instead of backwards"),
+    Mutation("image_scan_columns_transposed", "models/selective_scan/cpu_scan.cpp",
+             "return k % 2 == 0 ? s : s % height * width + s / height;",
+             "return k % 2 == 0 ? s : s % width * height + s / width;", IMAGE_SCAN,
+             "the fused scan's column-major order with height and width swapped (right only on squares)"),
+    Mutation("image_merge_drops_direction", "models/selective_scan/cpu_scan.cpp",
+             "scatter_tile<T>(out.data(), bl, pixels, len, y_b, k > 0);",
+             "scatter_tile<T>(out.data(), bl, pixels, len, y_b, k > 1);", IMAGE_SCAN,
+             "the fused merge overwrites direction 0 with direction 1 instead of adding them"),
     Mutation("config_no_upper_bound", "models/config.py", 'if value > f.metadata["high"]:', "if False:",
              ("tests/test_config.py::test_bad_values_are_one_line_errors_naming_the_source_and_the_key",),
              "an absurd network size (embed_dim 100000) passes the config's checks"),
@@ -140,6 +167,8 @@ def run_mutation(mutation, tree):
         return "STALE", 0.0, [f"{mutation.path}: the text to mutate occurs {original.count(mutation.old)} times"]
     path.write_text(original.replace(mutation.old, mutation.new))
     env = {**os.environ, "HYBRIMAMBA_SHARED": str(SHARED), "PYTHONDONTWRITEBYTECODE": "1"}
+    if mutation.path.endswith(".cpp"):  # build the mutated kernel apart: processes may be using the real one
+        env["TORCH_EXTENSIONS_DIR"] = str(tree.parent / "extensions")
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],

@@ -3,6 +3,8 @@
 torch.utils.cpp_extension compiles it with g++ and OpenMP into torch's extension folder
 (``TORCH_EXTENSIONS_DIR``, default ~/.cache/torch_extensions), so later processes load it in a
 second. The backward recomputes states from checkpoints saved every ``chunk`` steps by the forward.
+Two entry points: the selective scan (``selective_scan_cpp``) and the fused Image-SSM scan
+(``image_selective_scan_cpp``: four directions read from the feature map, merged into one result).
 """
 import contextlib
 import getpass
@@ -167,6 +169,55 @@ def selective_scan_cpp(u, delta, A, B, C, D=None, delta_bias=None, delta_softplu
         return _CompiledScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
     y, _ = _extension().forward(*_kernel_inputs(*tensors), delta_softplus, chunk, False)
     return y.to(u.dtype)
+
+
+def _image_inputs(x, x_dbl, *parameters):
+    """The image scan's tensors in the compute dtype: x contiguous or channels-last, x_dbl row-major or
+    pixel-major (kept as they come when they are: the kernel reads either), the parameters contiguous."""
+    dtype = compute_dtype(x)
+    x = x.to(dtype)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)) or \
+            x.stride(2) != x.shape[3] * x.stride(3):
+        x = x.contiguous()
+    x_dbl = x_dbl.to(dtype)
+    if not (x_dbl.is_contiguous() or x_dbl.permute(0, 3, 1, 2).is_contiguous()):
+        x_dbl = x_dbl.contiguous()
+    return [x, x_dbl] + [t.to(dtype).contiguous() for t in parameters]
+
+
+class _CompiledImageScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, chunk):
+        y, checkpoints = _extension().image_forward(*_image_inputs(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D),
+                                                    chunk, True)
+        # The inputs as given (bf16 under autocast: half the bytes), converted again in the backward.
+        ctx.save_for_backward(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, checkpoints)
+        ctx.chunk = chunk
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        *inputs, checkpoints = ctx.saved_tensors
+        tensors = _image_inputs(*inputs)
+        grad_y = grad_y.to(checkpoints.dtype)
+        if grad_y.stride() != tensors[0].stride():  # the kernel reads it in x's layout
+            grad_y = torch.empty_like(tensors[0]).copy_(grad_y)
+        grads = _extension().image_backward(*tensors, ctx.chunk, checkpoints, grad_y)
+        grads = [g.to(x.dtype) if needed else None for g, x, needed in zip(grads, inputs, ctx.needs_input_grad)]
+        return (*grads, None)
+
+
+def image_selective_scan_cpp(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, chunk=CHUNK):
+    """The fused Image-SSM scan (layout in models/selective_scan/image_scan.py) on CPU tensors.
+
+    Computes in float64 for float64 x, else float32, and returns y (Bt, Dn, H, W) in that dtype, in x's
+    memory format (channels-last x, the network's, gives channels-last y; x_dbl may be pixel-major, a
+    permuted (Bt, H*W, K, R+2N) tensor, which the kernel reads best). Without autograd it saves no states.
+    """
+    tensors = (x, x_dbl, dt_proj_weight, dt_proj_bias, A, D)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _CompiledImageScan.apply(*tensors, chunk)
+    return _extension().image_forward(*_image_inputs(*tensors), chunk, False)[0]
 
 
 def vector_exp(x):
