@@ -15,7 +15,7 @@
 // on the thread count, and reductions over items run in a fixed order afterwards, so results are
 // the same bit for bit for any number of threads.
 //
-// The fused Image-SSM scan (image_forward / image_backward, ARCHITECTURE.md 3.3) runs the four
+// The fused Image-SSM scan (image_forward / image_backward, docs/architecture.md §3.3) runs the four
 // directions of a (Bt, Dn, H, W) map with the same per-chunk loops: it reads each direction's pixels
 // from the map by index arithmetic (pixel_at), forms delta = dt_proj(dt) + bias from the x_proj rows
 // (Bt, K, R + 2N, H*W), and sums the directions' outputs into one (Bt, Dn, H, W) result. Tensors are
