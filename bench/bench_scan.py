@@ -90,19 +90,23 @@ def run_case(backend, batch, length, channels, device, repeats, clock=time.perf_
     sync()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else peak_rss_mb() - base
 
-    def best_time(fn):
-        best, spent = math.inf, 0.0
-        for _ in range(repeats):
-            start = clock()
-            fn()
-            sync()
-            elapsed = clock() - start
-            best, spent = min(best, elapsed), spent + elapsed
-            if spent > CASE_TIME_BUDGET_S:
-                break
-        return best
+    return {"fwd_s": best_time(forward, repeats, sync, clock),
+            "fwdbwd_s": best_time(forward_backward, repeats, sync, clock), "peak_mb": peak}
 
-    return {"fwd_s": best_time(forward), "fwdbwd_s": best_time(forward_backward), "peak_mb": peak}
+
+def best_time(fn, repeats, sync, clock=time.perf_counter):
+    """The least time of ``repeats`` runs of ``fn`` (each followed by ``sync``); fewer runs once
+    CASE_TIME_BUDGET_S is spent."""
+    best, spent = math.inf, 0.0
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        sync()
+        elapsed = clock() - start
+        best, spent = min(best, elapsed), spent + elapsed
+        if spent > CASE_TIME_BUDGET_S:
+            break
+    return best
 
 
 def measure(backend, batch, length, channels, args):

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # What a CUDA machine adds to `make test`, in one run of about 15 minutes, most telling first:
-#   the CUDA tests (the triton scan against the float64 oracle, bf16, the network compiled), the
-#   training benchmark (seed command at batch 32 bf16: triton, triton + --compile, torch), the
-#   activation memory of the seed's command (fused against unfused, bench_memory.py), the scan
-#   benchmark (torch / triton / cuda at the stage shapes, B = 8 and 32), a short bf16 training run of
-#   the seed's command on real CelebA faces (validation, checkpoints, resume), test.py with
-#   PSNR/SSIM/LPIPS on its output, and the whole test suite.
+#   the CUDA tests (the triton scans, plain and fused Image-SSM, against the float64 oracles, bf16, the
+#   network compiled; the triton kernels' register reports), the training benchmark (seed command at
+#   batch 32 bf16: triton, triton + --compile, torch), the activation memory of the seed's command (fused
+#   against unfused, bench_memory.py), the scan benchmark (torch / triton / cuda at the stage shapes,
+#   B = 8 and 32), the fused Image-SSM scan against the unfused triton path (stage shapes, B = 32, bf16),
+#   a short bf16 training run of the seed's command on real CelebA faces (validation, checkpoints,
+#   resume), test.py with PSNR/SSIM/LPIPS on its output, and the whole test suite.
 # Usage: bash bench/gpu_check.sh OUT_DIR [SHARED_DIR]
 #   SHARED_DIR holds data/celeba_align/{train,val} and weights/alexnet_imagenet_features.pth
 #   (default ../shared). Logs go to OUT_DIR/logs.tar.gz; a summary is printed.
-#   BUDGET=seconds (default 840) bounds the whole run: later steps shrink or are skipped.
+#   BUDGET=seconds (default 720) bounds the whole run: later steps shrink or are skipped.
 set -u
 OUT_DIR=$(realpath -m "${1:?usage: bash bench/gpu_check.sh OUT_DIR [SHARED_DIR]}")
 SHARED=$(realpath "${2:-../shared}")
@@ -18,7 +19,7 @@ WORK=$(mktemp -d)
 LOGS=$WORK/logs
 mkdir -p "$OUT_DIR" "$LOGS"
 export PYTHONUNBUFFERED=1 HYBRIMAMBA_SHARED=$SHARED
-END=$((SECONDS + ${BUDGET:-840}))
+END=$((SECONDS + ${BUDGET:-720}))
 
 # step NAME SECONDS CMD...: run with a time limit, log to logs/NAME.log, print its status and tail.
 step() {
@@ -43,6 +44,7 @@ TAIL=12 step bench_train 240 bash -c "$PY bench/bench_train.py --backends triton
 # What the seed's command keeps per image and its step's peak, fused against unfused (target: <= 24 GB fused).
 TAIL=34 step bench_memory 200 $PY bench/bench_memory.py --amp bf16 --batch 32 --train_step
 TAIL=16 step bench_scan 150 $PY bench/bench_scan.py --device cuda --repeats 1
+TAIL=8 step bench_image_scan 90 $PY bench/bench_image_scan.py --device cuda --batch 32 --amp bf16 --repeats 2
 step prepare 60 bash -c "$PY -m data.prepare_celeba --src '$SHARED/data/celeba_align/train' --out '$WORK/train' &&
     $PY -m data.prepare_celeba --src '$SHARED/data/celeba_align/val' --out '$WORK/val' --make_test_lr"
 

@@ -34,6 +34,8 @@ IMAGE_SCAN = ("tests/test_image_scan.py::test_cpp_matches_the_unfused_reference_
 # The unfused path, the fused one's reference, is checked against it (the oracle runs the default, fused).
 FUSED_NETWORK = ("tests/test_image_scan.py::test_fused_network_matches_the_unfused_path_float64[tiny-odd-quarter]",)
 FUSED_MODULES = ("tests/test_fused_training.py",)
+TRITON_IMAGE = ("tests/test_triton_scan.py::test_interpreter_suite[image-scan]",)
+TRITON_IMAGE_KERNELS = "models/selective_scan/triton_image_kernels.py"
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,21 @@ MUTATIONS = (
              "the template's eyes swapped (faces aligned upside down or mirrored)"),
     Mutation("photo_strip_margin", "utils/photo/photo_io.py", "STRIP_MARGIN = 3 ", "STRIP_MARGIN = 0 ", PHOTO_PARTS,
              "the background enlarged in strips without context rows (seams every strip)"),
+    Mutation("triton_image_reversed", TRITON_IMAGE_KERNELS, "s = tl.where(direction >= 2, length - 1 - t, t)",
+             "s = tl.where(direction >= 3, length - 1 - t, t)", TRITON_IMAGE,
+             "the fused triton image scan reads direction 2 forwards instead of reversed"),
+    Mutation("triton_image_columns", TRITON_IMAGE_KERNELS, "(s % height) * width + s // height",
+             "(s % width) * height + s // width", TRITON_IMAGE,
+             "the fused triton image scan's column-major order with H and W swapped (transposed)"),
+    Mutation("triton_image_merge", "models/selective_scan/triton_backend.py", "per_direction.sum(1)",
+             "per_direction[:, :3].sum(1)", TRITON_IMAGE, "the fused triton image scan's merge drops a direction"),
+    Mutation("triton_image_dt_rank", TRITON_IMAGE_KERNELS,
+             "+ bias[:, None]\n    for r in range(dt_rank):", "+ bias[:, None]\n    for r in range(dt_rank - 1):",
+             TRITON_IMAGE, "the fused triton image scan's dt_proj leaves out the last rank"),
+    Mutation("triton_image_next_step", TRITON_IMAGE_KERNELS,
+             "pixels_next_r = _direction_pixels(tr + 1, direction, height, width)",
+             "pixels_next_r = _direction_pixels(tr, direction, height, width)", TRITON_IMAGE,
+             "the fused triton image scan's adjoint decays by the step's own dt, not the next step's"),
 )
 
 

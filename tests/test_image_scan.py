@@ -177,11 +177,10 @@ def test_shapes_are_checked_with_a_clear_message():
 
 def test_triton_runs_its_fused_kernel_when_it_has_one(monkeypatch):
     """The dispatcher routes to the triton module's fused entry point (with row-major tensors, the layout
-    its kernels index), or falls back to the unfused path."""
+    its kernels index), and float64, which triton does not compute, to the unfused path."""
     from models.selective_scan import triton_backend  # registers torch custom ops: imported where needed
 
-    monkeypatch.delattr(triton_backend, "image_selective_scan_triton", raising=False)
-    assert image_scan.fused_implementation("triton") is None
+    assert image_scan.fused_implementation("triton", torch.float64) is None
     calls = []
     monkeypatch.setattr(triton_backend, "image_selective_scan_triton", lambda *args: calls.append(args) or "y",
                         raising=False)

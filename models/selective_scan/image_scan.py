@@ -10,7 +10,7 @@ direction: delta = softplus(dt_proj_weight[k] @ dt + bias[k]), then the selectiv
 that order. Result: y (Bt, Dn, H, W), float32 (float64 for float64 x), the sum over k of each
 direction's outputs put back at their pixels.
 
-The ``cpp`` backend and (when its module provides one) the ``triton`` backend run fused kernels that
+The ``cpp`` and ``triton`` backends run fused kernels (triton in float32; float64 runs unfused) that
 read the four orders from x by index arithmetic and write the merged sum; every other backend runs the
 unfused composition (cross-scan copies, ``selective_scan``, cross-merge), the reference the fused
 kernels are tested against.
@@ -75,7 +75,8 @@ def image_selective_scan_unfused(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, b
     return scan_directions(cross_scan(x), ordered, dt_proj_weight, dt_proj_bias, A, D, h, w, backend)
 
 
-def _check_arguments(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D):
+def check_arguments(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D):
+    """Raise ValueError unless the shapes are those of the module docstring (every fused kernel's contract)."""
     if x.dim() != 4:
         raise ValueError(f"x must be (batch, channels, H, W), got {tuple(x.shape)}")
     bt, d, h, w = x.shape
@@ -91,11 +92,12 @@ def _check_arguments(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D):
             raise ValueError(f"{name} must be {shape}, got {tuple(t.shape)}")
 
 
-def fused_implementation(backend):
-    """The fused kernel of a resolved backend name, or None where it has none (the unfused composition runs)."""
+def fused_implementation(backend, dtype=torch.float32):
+    """The fused kernel of a resolved backend name for inputs of ``dtype``, or None where it has none (the
+    unfused composition runs)."""
     if backend == "cpp":
         return cpu_kernel.image_selective_scan_cpp
-    if backend == "triton":
+    if backend == "triton" and dtype != torch.float64:  # triton computes in float32; float64 goes unfused
         fused = getattr(_triton(), "image_selective_scan_triton", None)
         # Its kernels index the agreed layouts: row-major x and x_dbl (the network's are channels-last).
         return None if fused is None else lambda x, x_dbl, *rest: fused(x.contiguous(), x_dbl.contiguous(), *rest)
@@ -104,9 +106,9 @@ def fused_implementation(backend):
 
 def image_selective_scan(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, backend="auto"):
     """The merged four-direction scan of x; arguments and result as in the module docstring."""
-    _check_arguments(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D)
+    check_arguments(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D)
     name = resolve_backend(backend, x.device)
-    fused = fused_implementation(name)
+    fused = fused_implementation(name, x.dtype)
     if fused is not None:
         return fused(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D)
     return image_selective_scan_unfused(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, backend=name)

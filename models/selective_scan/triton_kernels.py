@@ -35,17 +35,23 @@ def _step_sizes(delta_ptr, rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS
     if HAS_BIAS:
         x += bias[:, None]
     if SOFTPLUS:
-        # log1p(e) as log(w) e / (w - 1) with w = 1 + e (exact to rounding, unlike log(1 + e) for small
-        # e: the network's initial dt, 1e-3..1e-1, has e of that size).
-        e = tl.exp(tl.minimum(x, SOFTPLUS_LINEAR_FROM))
-        w = 1.0 + e
-        small = w == 1.0
-        dt = tl.where(x > SOFTPLUS_LINEAR_FROM, x, tl.where(small, e, tl.log(w) * (e / tl.where(small, 1.0, w - 1.0))))
-        slope = 1.0 / (1.0 + tl.exp(-x))
+        dt, slope = _softplus(x)
     else:
         dt = x
         slope = tl.full(x.shape, 1.0, tl.float32)
     return dt, slope
+
+
+@triton.jit
+def _softplus(x):
+    """(softplus(x), its derivative sigmoid(x)) in float32."""
+    # log1p(e) as log(w) e / (w - 1) with w = 1 + e (exact to rounding, unlike log(1 + e) for small
+    # e: the network's initial dt, 1e-3..1e-1, has e of that size).
+    e = tl.exp(tl.minimum(x, SOFTPLUS_LINEAR_FROM))
+    w = 1.0 + e
+    small = w == 1.0
+    dt = tl.where(x > SOFTPLUS_LINEAR_FROM, x, tl.where(small, e, tl.log(w) * (e / tl.where(small, 1.0, w - 1.0))))
+    return dt, 1.0 / (1.0 + tl.exp(-x))
 
 
 @triton.jit
