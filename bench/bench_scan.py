@@ -1,6 +1,6 @@
 """Benchmark of the selective-scan backends at the network's stage shapes.
 
-For the stage shapes of the network (ARCHITECTURE.md section 2, K=4 directions, N=8 states) it
+For the stage shapes of the network (docs/architecture.md §2, K=4 directions, N=8 states) it
 prints forward and forward+backward wall time and peak memory of each backend side by side, the
 speed-ups over the first backend, and the full network's forward latency with each backend.
 Defaults: on the CPU, the chunked `torch` scan against the compiled `cpp` scan and the sequential

@@ -1,4 +1,4 @@
-"""Training/validation set: a folder of HR faces, degraded on the fly (ARCHITECTURE.md §4)."""
+"""Training/validation set: a folder of HR faces, degraded on the fly (docs/architecture.md §4)."""
 import logging
 from pathlib import Path
 

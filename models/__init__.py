@@ -1,6 +1,6 @@
-"""The HybriMamba network and its parts, one class per box of the paper's figures (ARCHITECTURE.md 2-3).
+"""The HybriMamba network and its parts, one class per box of the paper's figures (docs/architecture.md §2-3).
 
-    box (ARCHITECTURE.md section)                  class                   module
+    box (section of docs/architecture.md)           class                   module
     the network (2)                                HybriMamba              models.hybrimamba
     a stage, the paper's "HybriMamba Blocks" (3)   Stage                   models.stage
       one of its ``depth`` blocks: mixer, LEM      HybriMambaBlock         models.stage

@@ -33,7 +33,7 @@ def _network_field(default, help, high, option=True):
 
 @dataclass(frozen=True)
 class HybriMambaConfig:
-    """The shape of a HybriMamba network (ARCHITECTURE.md sections 2-3); the defaults are the paper's.
+    """The shape of a HybriMamba network (docs/architecture.md §2-3); the defaults are the paper's.
 
     Every field must be > 0. The upper bounds are far above any useful network: a value beyond them
     is surely a typo or a damaged file, and would otherwise try to build a network no machine holds.

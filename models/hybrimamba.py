@@ -11,8 +11,8 @@ from models.sampling import Downsample, Upsample
 from models.stage import Stage
 
 NO_WEIGHT_DECAY = ("A_logs", "Ds")
-LEAKY_SLOPE = 0.01  # PyTorch's default, as in the authors' nn.LeakyReLU(inplace=True) (spec 2)
-INIT_STD = 0.02  # the authors' init_weights('normal', 0.02) (spec 3.6)
+LEAKY_SLOPE = 0.01  # PyTorch's default, as in the authors' nn.LeakyReLU(inplace=True) (docs/architecture.md §2)
+INIT_STD = 0.02  # the authors' init_weights('normal', 0.02) (docs/architecture.md §3.6)
 
 
 class HybriMamba(nn.Module):
@@ -119,7 +119,7 @@ class HybriMamba(nn.Module):
                 module.activation_checkpointing = enabled
 
     def optimizer_param_groups(self, weight_decay):
-        """AdamW groups: every parameter decays except the SSM's A_log and D (spec 3.3)."""
+        """AdamW groups: every parameter decays except the SSM's A_log and D (docs/architecture.md §3.3)."""
         decay, no_decay = [], []
         for name, param in self.named_parameters():
             if param.requires_grad:
@@ -128,7 +128,7 @@ class HybriMamba(nn.Module):
 
 
 def _init_weights(module):
-    """The authors' effective init (spec 3.6): every Conv2d and Linear N(0, 0.02) with zero bias;
+    """The authors' effective init (docs/architecture.md §3.6): every Conv2d and Linear N(0, 0.02) with zero bias;
     LayerNorm 1 and 0. The stacked SSM parameters are not modules and keep their own init."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         nn.init.normal_(module.weight, std=INIT_STD)

@@ -64,9 +64,9 @@ class ImageSSM(nn.Module):
 
     @torch.no_grad()
     def reset_ssm_parameters(self):
-        """The Mamba initialisation (spec 3.3); the generic Linear init never touches these."""
+        """The Mamba initialisation (docs/architecture.md §3.3); the generic Linear init never touches these."""
         dt_min, dt_max, dt_floor = self._dt_range
-        # nn.Linear's default init (fan_in = d_inner): the authors stack Linear weights (spec 3.6).
+        # nn.Linear's default init (fan_in = d_inner): the authors stack Linear weights (docs/architecture.md §3.6).
         x_bound = self.x_proj_weight.shape[-1] ** -0.5
         nn.init.uniform_(self.x_proj_weight, -x_bound, x_bound)
         bound = self.dt_rank ** -0.5

@@ -1,4 +1,4 @@
-"""The paper's Table 1 (8x, Helen and CelebA test sets; ARCHITECTURE.md section 6), defined once for
+"""The paper's Table 1 (8x, Helen and CelebA test sets; docs/architecture.md §6), defined once for
 param.py's comparison (models.complexity) and the results table (utils.evaluation.results_table).
 
 Torch-free: the results table imports it without loading torch.

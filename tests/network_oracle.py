@@ -1,4 +1,4 @@
-"""A float64 functional re-implementation of HybriMamba, written from ARCHITECTURE.md sections 2-3 alone.
+"""A float64 functional re-implementation of HybriMamba, written from docs/architecture.md §2-3 alone.
 
 Nothing here imports the project's ``models`` package: every function takes the network's parameters
 as a dict of float64 tensors keyed by the project's state_dict names, and a ``prefix`` naming the

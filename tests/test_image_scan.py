@@ -63,7 +63,7 @@ def assert_agree(got, want, tol):
 
 
 def naive_image_scan(x, x_dbl, dt_w, dt_b, A, D):
-    """One image, one direction, one pixel at a time, from ARCHITECTURE.md 3.3 (float64, no autograd)."""
+    """One image, one direction, one pixel at a time, from docs/architecture.md §3.3 (float64, no autograd)."""
     _, d, h, w = x.shape
     r, n = dt_w.shape[2], A.shape[1]
     row_major = [(i, j) for i in range(h) for j in range(w)]

@@ -33,7 +33,7 @@ from utils.evaluation.metrics import evaluate_pair, rgb_to_y
 from utils.image_io import read_rgb
 from utils.y_conventions import CONVENTIONS, Y_CONVENTIONS
 
-FACES = 50  # the first 50 CelebA val faces: the README's measured example
+FACES = 50  # the first 50 CelebA val faces: the measured example of docs/metrics.md
 BT601 = (65.481, 128.553, 24.966)
 EXACT = (65481, 128553, 24966)  # 255000 Y = EXACT . RGB + 16 * 255000
 DENOM = 255000
@@ -200,18 +200,18 @@ def test_the_float_tools_depart_from_exact_y_only_at_ties():
     assert 0 < matlab_off < halves and 0 < family_off < integers
 
 
-def readme_conventions_rows():
-    """{convention: row cells} of the README's conventions table."""
+def documented_conventions_rows():
+    """{convention: row cells} of the conventions table in docs/metrics.md."""
     rows = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8").splitlines():
         match = re.match(r"\|\s*`(\w+)`", line)
         if match and match.group(1) in Y_CONVENTIONS:
             rows[match.group(1)] = [c.strip() for c in line.strip().strip("|").split("|")]
     return rows
 
 
-def test_readme_conventions_table_names_the_tools_and_our_measurement(faces):
-    rows = readme_conventions_rows()
+def test_documented_conventions_table_names_the_tools_and_our_measurement(faces):
+    rows = documented_conventions_rows()
     assert set(rows) == set(Y_CONVENTIONS)
     for name, cells in rows.items():
         assert CONVENTIONS[name].tools in cells, name

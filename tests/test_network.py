@@ -1,4 +1,4 @@
-"""The HybriMamba network against independent re-derivations of the spec (ARCHITECTURE.md 2-3)."""
+"""The HybriMamba network against independent re-derivations of the spec (docs/architecture.md §2-3)."""
 import math
 import re
 
@@ -39,7 +39,7 @@ def test_haar_matches_pytorch_wavelets(shape):
 
 
 def spec_param_count(c=32, depth=2, n_layers=2, expand=1.5, d_state=8, mlp_ratio=2.0):
-    """Parameters of the network re-derived from ARCHITECTURE.md, layer by layer."""
+    """Parameters of the network re-derived from docs/architecture.md, layer by layer."""
     def mamba_block(d):
         di, r, n = int(expand * d), math.ceil(d / 16), d_state
         fwm = 2 * (di * di + di) + (9 * di * di + di)
@@ -285,7 +285,7 @@ def test_ssm_initialisation_survives_the_generic_init():
 
 
 def test_x_proj_keeps_the_default_linear_init():
-    # nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = d_inner (spec 3.6).
+    # nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = d_inner (docs/architecture.md §3.6).
     torch.manual_seed(0)
     model = HybriMamba(embed_dim=32, depth=1, n_layers=1)
     ssm = model.enc0.blocks[0].mixer[0].block.ssm

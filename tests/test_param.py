@@ -22,7 +22,7 @@ STAGES = ("enc0", "enc1", "enc2", "bottleneck", "dec1", "dec2", "dec3")
 
 
 def stage_shapes(c, h, w):
-    """(name, width, H, W) of every Stage (ARCHITECTURE.md section 2)."""
+    """(name, width, H, W) of every Stage (docs/architecture.md §2)."""
     widths = (c, 2 * c, 4 * c, 4 * c, 8 * c, 4 * c, 2 * c)
     scales = (1, 2, 4, 4, 4, 2, 1)
     return [(name, d, h // s, w // s) for name, d, s in zip(STAGES, widths, scales)]

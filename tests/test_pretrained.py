@@ -29,7 +29,7 @@ FACES = 12
 
 
 def y_truncated(img):
-    """BT.601 Y of RGB uint8, truncated to an integer the way the Table 1 lineage does (ARCHITECTURE.md 5)."""
+    """BT.601 Y of RGB uint8, truncated to an integer the way the Table 1 lineage does (docs/architecture.md §5)."""
     r, g, b = (img[..., i].astype(np.int64) for i in range(3))
     # 16 + (65.481 R + 128.553 G + 24.966 B) / 255, in exact integer arithmetic (units of 1/255000).
     return 16 + (65481 * r + 128553 * g + 24966 * b) // 255000

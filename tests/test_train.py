@@ -99,7 +99,7 @@ def test_short_run_learns_and_writes_logs_visuals_and_checkpoints(tmp_path):
     events = EventAccumulator(str(exp / "tb")).Reload()
     losses = {e.step: e.value for e in events.Scalars("train/loss_l1")}
     assert sorted(losses) == list(range(1, 31))
-    # From the init's residual (std about 1, spec 3.6) the loss falls within a few steps.
+    # From the init's residual (std about 1, docs/architecture.md §3.6) the loss falls within a few steps.
     assert np.mean([losses[i] for i in range(26, 31)]) < 0.8 * losses[1]
     assert {e.step for e in events.Scalars("train/lr")} == set(losses)
 

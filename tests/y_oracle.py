@@ -1,4 +1,4 @@
-"""The Y channel of ARCHITECTURE.md section 5 in exact integer arithmetic, for the metric tests.
+"""The Y channel of docs/architecture.md §5 in exact integer arithmetic, for the metric tests.
 
 Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 on uint8 RGB, i.e. 255000 Y = 65481 R + 128553 G
 + 24966 B + 16 * 255000 exactly; "truncate" floors that rational, "round" rounds it half up.

@@ -1,4 +1,4 @@
-"""Selective scan with one interface and five backends (ARCHITECTURE.md section 3.4).
+"""Selective scan with one interface and five backends (docs/architecture.md §3.4).
 
 ``selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True, backend="auto")`` takes the
 layout of mamba-ssm's ``selective_scan_fn``: u, delta (Bt, K*Dn, L); A (K*Dn, N); B, C (Bt, K, N, L)

@@ -1,4 +1,4 @@
-// The selective scan on the CPU: one fused loop over time per block of channels (ARCHITECTURE.md 3.4).
+// The selective scan on the CPU: one fused loop over time per block of channels (docs/architecture.md §3.4).
 //
 // Layout (mamba-ssm's): u, delta (Bt, K*Dn, L); A (K*Dn, N); B, C (Bt, K, N, L); D, delta_bias (K*Dn,).
 // h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,  y_t = C_t . h_t + D u_t,  dt = softplus(delta + bias).
@@ -15,7 +15,7 @@
 // on the thread count, and reductions over items run in a fixed order afterwards, so results are
 // the same bit for bit for any number of threads.
 //
-// The fused Image-SSM scan (image_forward / image_backward, ARCHITECTURE.md 3.3) runs the four
+// The fused Image-SSM scan (image_forward / image_backward, docs/architecture.md §3.3) runs the four
 // directions of a (Bt, Dn, H, W) map with the same per-chunk loops: it reads each direction's pixels
 // from the map by index arithmetic (pixel_at), forms delta = dt_proj(dt) + bias from the x_proj rows
 // (Bt, K, R + 2N, H*W), and sums the directions' outputs into one (Bt, Dn, H, W) result. Tensors are

@@ -1,4 +1,4 @@
-"""The Image-SSM's four-direction scan of a feature map (ARCHITECTURE.md 3.3), fused or unfused.
+"""The Image-SSM's four-direction scan of a feature map (docs/architecture.md §3.3), fused or unfused.
 
 ``image_selective_scan(x, x_dbl, dt_proj_weight, dt_proj_bias, A, D, backend="auto")``:
 x (Bt, Dn, H, W), pixels p = h*W + w; x_dbl (Bt, K=4, R+2N, H*W): the x_proj projections of direction k

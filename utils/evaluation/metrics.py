@@ -1,4 +1,4 @@
-"""PSNR and SSIM as in the paper's test protocol (ARCHITECTURE.md section 5).
+"""PSNR and SSIM as in the paper's test protocol (docs/architecture.md §5).
 
 Y channel of BT.601 YCbCr: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 on uint8 RGB.
 SSIM: Gaussian window sigma 1.5 truncated to 11x11, K1 0.01, K2 0.03, population covariance,

@@ -1,4 +1,4 @@
-"""The training loop (ARCHITECTURE.md §4): L1 loss, AdamW, MultiStepLR per epoch, checkpoints written
+"""The training loop (docs/architecture.md §4): L1 loss, AdamW, MultiStepLR per epoch, checkpoints written
 when the weights are sane, validation, logging, stop signals; single device, DataParallel or DDP (see
 utils.training.distributed). What a checkpoint holds and how a run resumes exactly from it is
 ``utils.training.state``.
