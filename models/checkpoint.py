@@ -131,6 +131,10 @@ def load_checkpoint(path):
     """Load a checkpoint onto the CPU with ``weights_only=True`` and verify its checksums; unreadable
     or damaged files raise ``UserError``."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))
+        raise UserError(f"{path}: is a folder; pass the checkpoint file in it"
+                        + (f" ({first_few(found)})" if found else " (e.g. latest.pt)"))
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file; check --pretrain_model_path / --ckpt_dir and --name")
     if not zipfile.is_zipfile(path):
@@ -161,11 +165,14 @@ def _is_state_dict(obj):
 
 
 def select_weights(ckpt, prefer_ema=True):
-    """(state_dict, which) from a loaded checkpoint: ``which`` is 'EMA', 'raw' or 'bare state_dict'."""
+    """(state_dict, which) from a loaded checkpoint: ``which`` is 'EMA', 'raw' or 'bare state_dict'.
+
+    An exported file holds one set of weights as ``model`` and says which in ``weights``."""
     if isinstance(ckpt, dict) and _is_state_dict(ckpt.get("model")):
         if prefer_ema and _is_state_dict(ckpt.get("ema")):
             return strip_module_prefix(ckpt["ema"]), "EMA"
-        return strip_module_prefix(ckpt["model"]), "raw"
+        exported = "ema" not in ckpt and ckpt.get("weights") in ("EMA", "raw")
+        return strip_module_prefix(ckpt["model"]), ckpt["weights"] if exported else "raw"
     if _is_state_dict(ckpt):
         return strip_module_prefix(ckpt), "bare state_dict"
     return None, None
