@@ -68,9 +68,10 @@ def list_images(folder, recursive=True):
 
 
 def exif_orientation(raw):
-    """The EXIF orientation (1-8) of the image file bytes ``raw``; 1 when there is none. Only files
-    that hold an EXIF block are parsed (by PIL)."""
-    if b"Exif\x00\x00" not in bytes(raw[:65536]):
+    """The EXIF orientation (1-8) of the image file bytes ``raw`` that OpenCV's decoding leaves to apply;
+    1 when there is none. Only files with an EXIF block are parsed (by PIL); TIFFs OpenCV turns itself."""
+    head = bytes(raw[:65536])
+    if head[:4] in (b"II*\x00", b"MM\x00*") or not any(tag in head for tag in (b"Exif", b"eXIf", b"EXIF")):
         return 1
     with contextlib.suppress(Exception), Image.open(io.BytesIO(bytes(raw))) as img:
         value = int(img.getexif().get(EXIF_ORIENTATION, 1))
