@@ -2,7 +2,9 @@
 the project did not write for the same purpose is never replaced without --overwrite, and every output path
 is checked before any work. Each refusal: exit code 2, one 'error:' line naming the file and the fix, and
 every file that existed before byte-identical afterwards."""
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 import test as test_script
+from data import prepare_celeba
 from models import HybriMamba
 from models.checkpoint import load_checkpoint, save_checkpoint
 from options import TrainOptions
@@ -18,6 +21,8 @@ from tests.conftest import ROOT, file_hashes
 from tests.test_eval_scripts import assert_one_line_error, face_like, noisy, save
 from tests.test_safety import assert_unchanged
 from tests.test_safety import refused as refused_in_process
+from utils import output_files
+from utils.errors import UserError
 from utils.training import export_model
 
 TINY = {"embed_dim": 4, "depth": 1, "n_layers": 1}
@@ -228,16 +233,70 @@ def test_absurd_network_flags_are_one_line_errors(script, flags, message):
     refused(run(script, *extra, *flags), message)
 
 
-# ------------------------------------------------------------------ item 13: network options of a checkpoint
-@pytest.mark.parametrize("bad, message", [({"embed_dim": "abc"}, "embed_dim = 'abc' must be an integer"),
-                                          ({"expand": float("inf")}, "expand = inf must be a finite number"),
-                                          ({"embed_dim": 100000}, "embed_dim = 100000 must be <= 1024")])
-def test_checkpoint_network_options_are_checked_before_building(faces, training_run, bad, message, capsys):
+# ------------------------------------------------------------------ the rule itself
+def test_a_file_is_replaced_only_when_the_project_wrote_its_bytes_for_that_purpose(tmp_path):
+    path = tmp_path / "out" / "table.md"
+    output_files.write_output(path, b"first", "results table")
+    output_files.check_output_file("--out", path, "results table")  # a rerun: fine
+    output_files.write_output(path, b"second", "results table")
+    assert path.read_bytes() == b"second"
+    # refused: another purpose's file, then this purpose's file changed since
+    for purpose, content in (("per-image metrics CSV", None), ("results table", b"edited by hand")):
+        if content:
+            path.write_bytes(content)
+        with pytest.raises(UserError, match=re.escape(f"--out {path}: exists and is not a file HybriMamba wrote for "
+                                                      f"this purpose ({purpose})")):
+            output_files.check_output_file("--out", path, purpose)
+        output_files.check_output_file("--out", path, purpose, overwrite=True)
+    link = tmp_path / "out" / "link.md"  # a link is never the project's, whatever it points at
+    link.symlink_to(path)
+    output_files.record_output(link, "results table")
+    assert not output_files.written_for(link, "results table")
+    assert sorted(p.name for p in path.parent.iterdir()) == [output_files.MANIFEST, "link.md", "table.md"]
+
+
+def test_the_manifest_survives_a_kill_mid_append_and_stays_small(tmp_path):
+    path = tmp_path / "a.csv"
+    output_files.write_output(path, b"one", "per-image metrics CSV")
+    with open(tmp_path / output_files.MANIFEST, "a") as f:
+        f.write('\n{"name": "b.csv", "purp')  # a record cut short by a kill
+    output_files.write_output(tmp_path / "b.csv", b"two", "per-image metrics CSV")
+    assert output_files.written_for(path, "per-image metrics CSV")
+    assert output_files.written_for(tmp_path / "b.csv", "per-image metrics CSV")
+    for i in range(60):  # reruns append a record each; a check at the next start compacts
+        output_files.write_output(path, str(i).encode(), "per-image metrics CSV")
+    output_files.check_output_file("--csv", path, "per-image metrics CSV")
+    records = output_files.manifest_records(tmp_path)
+    assert len(records["a.csv"]) == output_files.KEPT and len(records["b.csv"]) == 1
+    assert output_files.written_for(path, "per-image metrics CSV")
+
+
+def test_parallel_writers_share_a_manifest(tmp_path, celeba_dir):
+    """prepare_celeba's worker processes record into one manifest at once; a rerun finds every file theirs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in sorted((celeba_dir / "val").glob("*.jpg"))[:24]:
+        (src / path.name).symlink_to(path)
+    argv = ["--src", str(src), "--out", str(tmp_path / "out"), "--size", "32", "--make_test_lr", "--workers", "2"]
+    prepare_celeba.main(argv)
+    for folder in ("HR", "LR", "LR_bicubic"):
+        records = output_files.manifest_records(tmp_path / "out" / folder)
+        assert sorted(records) == sorted(f"{p.stem}.png" for p in src.iterdir())
+    prepare_celeba.main(argv)  # nothing to refuse: every file is the project's, for its purpose
+
+
+def test_temporary_files_of_killed_writes_are_removed_at_the_next_start(faces, training_run, caplog):
     root, _, _, lr = faces
-    ckpt = load_checkpoint(training_run / "latest.pt")
-    path = root / "absurd.pt"
-    save_checkpoint(path, {**ckpt, "options": {**ckpt["options"], **bad}})
-    line = in_process(test_script.main, ["--gpus", 0, "--dataroot", lr, "--pretrain_model_path", path,
-                                         "--save_as_dir", root / "sr"], capsys)
-    assert line.startswith(f"error: {path}: network option {message}")
-    assert not (root / "sr").exists()
+    out = root / "sr"
+    out.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = out / f".a.png.{int(gone.stdout)}.0123abcd.tmp"  # what write_output leaves when killed mid-write
+    alive = out / ".b.png.1.0123abcd.tmp"  # pid 1 lives: maybe a writer at work now
+    mine = out / "a.png.tmp"
+    for path in (dead, alive, mine):
+        path.write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="hybrimamba"):
+        test_script.main(["--gpus", "0", "--num_threads", "0", "--dataroot", str(lr), "--pretrain_model_path",
+                          str(training_run / "latest.pt"), "--save_as_dir", str(out)])
+    assert not dead.exists() and alive.exists() and mine.exists()
+    assert f"notice: removed 1 temporary file(s) of an interrupted write from {out}" in caplog.messages

@@ -223,7 +223,7 @@ def test_cli_writes_photo_faces_json_and_side_by_side(photos, tiny_model, tmp_pa
         assert np.abs(geometry.apply(fit, points) - TEMPLATE).max() < 12
         assert face["transform"]["scale"] == pytest.approx(FRAME / face["face_size"], rel=1e-3)
         assert 22 <= face["face_size"] <= 36 and face["network_input"] == round(face["face_size"])
-    pictures = sorted((out / "group_faces").iterdir())
+    pictures = sorted((out / "group_faces").glob("*.png"))
     assert [p.name for p in pictures] == ["00.png", "01.png", "02.png"]
     for picture, face in zip(pictures, record["faces"]):
         side = face["network_input"] * 8

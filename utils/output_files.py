@@ -67,9 +67,10 @@ def written_for(path, purpose, records=None):
 
 def record_output(path, purpose, sha256=None):
     """Add ``path`` (its bytes, or ``sha256`` of the bytes about to be renamed to it) to its folder's
-    manifest as written for ``purpose``. One short append, so concurrent writers do not mix lines."""
+    manifest as written for ``purpose``. One short append, so concurrent writers do not mix lines; it
+    begins with a newline, so that a line a kill left unfinished does not swallow it."""
     path = Path(path)
-    line = json.dumps({"name": path.name, "purpose": purpose, "sha256": sha256 or file_sha256(path)}) + "\n"
+    line = "\n" + json.dumps({"name": path.name, "purpose": purpose, "sha256": sha256 or file_sha256(path)})
     fd = os.open(path.parent / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
         os.write(fd, line.encode())
@@ -86,17 +87,22 @@ def compact_manifest(folder):
     kept = {name: entries[-KEPT:] for name, entries in records.items() if (folder / name).is_file()}
     if lines <= 2 * sum(len(entries) for entries in kept.values()) + 16:
         return
-    text = "".join(json.dumps({"name": name, "purpose": p, "sha256": sha}) + "\n"
+    # another process appending meanwhile loses its lines: at worst, a later run asks for --overwrite
+    text = "".join("\n" + json.dumps({"name": name, "purpose": p, "sha256": sha})
                    for name, entries in kept.items() for p, sha in entries)
     with contextlib.suppress(OSError):  # an old manifest only costs space
         _atomic_write(folder / MANIFEST, text.encode())
 
 
-def _atomic_write(path, data):
+def _atomic_write(path, data, before_rename=None):
+    """Write ``data`` to a temporary file beside ``path``, call ``before_rename()``, rename it to ``path``;
+    any failure removes the temporary file and raises."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with tmp.open("xb") as f:
             f.write(data)
+        if before_rename:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -109,20 +115,12 @@ def write_output(path, data, purpose, fix="free disk space or choose another out
     recorded as written for ``purpose``; a failure (a full disk) leaves no temporary file and raises
     ``UserError``: "``path``: cannot write the file (reason); ``fix``"."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("xb") as f:
-            f.write(data)
         # recorded before the rename: a kill between the two leaves the earlier, recorded file in place
-        record_output(path, purpose, hashlib.sha256(data).hexdigest())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(err, OSError):
-            raise UserError(f"{path}: cannot write the file ({err.strerror or err}); {fix}") from None
-        raise
+        _atomic_write(path, data, lambda: record_output(path, purpose, hashlib.sha256(data).hexdigest()))
+    except OSError as err:
+        raise UserError(f"{path}: cannot write the file ({err.strerror or err}); {fix}") from None
 
 
 def remove_interrupted_writes(folder):
