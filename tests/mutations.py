@@ -128,8 +128,8 @@ MUTATIONS = (
              "    taken = [key for key in stored if key not in opt.explicit]\n", "    taken = []\n",
              (INPUTS + "test_test_py_runs_the_task_the_checkpoint_was_trained_for",),
              "test.py runs at 128 px whatever task the checkpoint was trained for"),
-    Mutation("export_called_raw", "models/checkpoint.py", 'return strip_module_prefix(ckpt["model"]), ckpt["weights"] if '
-             'exported else "raw"', 'return strip_module_prefix(ckpt["model"]), "raw"',
+    Mutation("export_called_raw", "models/checkpoint.py",
+             'return strip_module_prefix(ckpt["model"]), ckpt["weights"] if exported else "raw"', 'return strip_module_prefix(ckpt["model"]), "raw"',
              (INPUTS + "test_exported_and_shipped_models_are_labelled_with_the_weights_they_hold",),
              "exported EMA weights are reported as raw weights"),
     Mutation("exif_ignored", "utils/image_io.py", "    if orientation != 1:\n", "    if False:\n",
