@@ -2,7 +2,7 @@
 import argparse
 
 from utils.errors import run_cli
-from utils.evaluation.folder_eval import add_folder_arguments, evaluate_folders, report
+from utils.evaluation.folder_eval import add_folder_arguments, check_csv_output, evaluate_folders, report
 from utils.evaluation.lpips_metric import BACKBONE_ENV, LPIPS_NETS, build_lpips
 
 
@@ -21,6 +21,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_csv_output(args)
     model = build_lpips(args.net, args.backbone_weights, args.device)
     rows, summary = evaluate_folders(args.gt_dir, args.sr_dir, psnr_ssim=False, lpips_model=model,
                                      lpips_batch_size=args.batch_size, allow_missing=args.allow_missing,

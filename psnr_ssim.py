@@ -2,7 +2,7 @@
 import argparse
 
 from utils.errors import run_cli
-from utils.evaluation.folder_eval import add_folder_arguments, evaluate_folders, report
+from utils.evaluation.folder_eval import add_folder_arguments, check_csv_output, evaluate_folders, report
 from utils.y_conventions import DEFAULT_Y_CONVENTION, Y_CONVENTIONS, help_lines
 
 
@@ -22,6 +22,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_csv_output(args)
     rows, summary = evaluate_folders(args.gt_dir, args.sr_dir, convention=args.y_convention,
                                      crop_border=args.crop_border, rgb=args.rgb,
                                      allow_missing=args.allow_missing, workers=args.workers)

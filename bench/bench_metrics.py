@@ -34,8 +34,8 @@ def make_pairs(root, count, size, seed=0):
     for i in range(count):
         gt = np.roll(base, i, axis=1)
         sr = np.clip(gt + rng.normal(0, 8, gt.shape), 0, 255).astype(np.uint8)
-        write_rgb(gt_dir / f"{i:05d}.png", gt)
-        write_rgb(sr_dir / f"{i:05d}.png", sr)
+        write_rgb(gt_dir / f"{i:05d}.png", gt, "benchmark image")
+        write_rgb(sr_dir / f"{i:05d}.png", sr, "benchmark image")
     return gt_dir, sr_dir
 
 

@@ -32,15 +32,16 @@ import numpy as np
 from PIL import Image
 
 from data.degradation import center_square, resize_bicubic
-from data.make_lr import write_lr_files
+from data.make_lr import check_lr_folders, write_lr_files
 from utils.errors import UserError, run_cli
 from utils.image_io import index_by_stem, is_image_file, read_rgb, write_rgb
-from utils.output_folder import check_output_folder
+from utils.output_files import check_output_folder
 from utils.progress import progress_bar
 
 ALIGNED_SIZE = (178, 218)
 DEFAULT_BOX = (19, 63, 156, 200)
 SPLITS = {"train": 0, "val": 1, "test": 2}
+HR_PURPOSE = "HR crop"  # what utils.output_files records for OUT/HR/*.png
 
 
 def parse_box(values):
@@ -116,7 +117,7 @@ def prepare_one(item, out, box, size, lr_scale, make_test_lr):
                         f"{ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]} img_align_celeba image; pass --box auto for a centred "
                         f"square")
     hr = np.asarray(crop_face(Image.fromarray(img), box, size))
-    write_rgb(out / "HR" / f"{stem}.png", hr)
+    write_rgb(out / "HR" / f"{stem}.png", hr, HR_PURPOSE)
     if make_test_lr:
         write_lr_files(hr, stem, out / "LR", out / "LR_bicubic", lr_scale)
     return stem
@@ -163,6 +164,8 @@ def main(argv=None):
     parser.add_argument("--lr_scale", type=int, default=8, help="LR downscaling factor for --make_test_lr (default 8)")
     parser.add_argument("--make_test_lr", action="store_true", help="also write OUT/LR and OUT/LR_bicubic")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="parallel processes")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files under --out that prepare_celeba did not write there")
     args = parser.parse_args(argv)
 
     box = parse_box(args.box)
@@ -188,7 +191,13 @@ def main(argv=None):
         if unlisted:
             print(f"note: {unlisted} image(s) of {args.src} are not in {args.partition} and were left out")
     out = Path(args.out)
-    check_no_foreign_outputs(out / "HR", {stem for stem, _ in items})
+    stems = [stem for stem, _ in items]
+    check_no_foreign_outputs(out / "HR", set(stems))
+    check_output_folder("--out", out / "HR", {"--src": args.src}, HR_PURPOSE, [f"{s}.png" for s in stems],
+                        args.overwrite)
+    if args.make_test_lr:
+        check_lr_folders(out / "LR", out / "LR_bicubic", stems, {"--src": args.src}, args.overwrite,
+                         flags=("--out", "--out"))
     job = functools.partial(prepare_one, out=out, box=box, size=args.size,
                             lr_scale=args.lr_scale, make_test_lr=args.make_test_lr)
     run_parallel(job, items, args.workers, desc="prepare_celeba")

@@ -98,6 +98,10 @@ def load_checkpoint(path):
     if path.suffix == RELEASE_SUFFIX:
         raise UserError(f"{path}: a release file holds weights only, no training state to resume; start a new run "
                         f"from it with --pretrain_model_path and a new --name")
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))
+        raise UserError(f"{path}: is a folder; pass the checkpoint file in it"
+                        + (f" ({first_few(found)})" if found else " (e.g. latest.pt)"))
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file; check --pretrain_model_path / --ckpt_dir and --name")
     if not zipfile.is_zipfile(path):
@@ -118,8 +122,10 @@ def load_checkpoint(path):
 
 
 def is_release_path(path):
-    """Whether ``path`` names a release (a .safetensors file, or a folder written by save_pretrained)."""
-    return Path(path).suffix == RELEASE_SUFFIX or Path(path).is_dir()
+    """Whether ``path`` names a release (a .safetensors file, or a folder holding one, as save_pretrained
+    writes); any other folder is named as one by ``load_checkpoint``."""
+    path = Path(path)
+    return path.suffix == RELEASE_SUFFIX or (path.is_dir() and any(path.glob(f"*{RELEASE_SUFFIX}")))
 
 
 def load_model_file(path):
@@ -133,6 +139,8 @@ def load_model_file(path):
             "provenance": release.provenance}
     if isinstance(release.provenance.get("iterations"), int):
         ckpt["iteration"] = release.provenance["iterations"]
+    if release.provenance.get("weights") in ("EMA", "raw"):  # which weights it holds, as an export says
+        ckpt["weights"] = release.provenance["weights"]
     return ckpt
 
 
@@ -147,11 +155,14 @@ def _is_state_dict(obj):
 
 
 def select_weights(ckpt, prefer_ema=True):
-    """(state_dict, which) from a loaded checkpoint: ``which`` is 'EMA', 'raw' or 'bare state_dict'."""
+    """(state_dict, which) from a loaded checkpoint: ``which`` is 'EMA', 'raw' or 'bare state_dict'.
+
+    An exported file holds one set of weights as ``model`` and says which in ``weights``."""
     if isinstance(ckpt, dict) and _is_state_dict(ckpt.get("model")):
         if prefer_ema and _is_state_dict(ckpt.get("ema")):
             return strip_module_prefix(ckpt["ema"]), "EMA"
-        return strip_module_prefix(ckpt["model"]), "raw"
+        exported = "ema" not in ckpt and ckpt.get("weights") in ("EMA", "raw")
+        return strip_module_prefix(ckpt["model"]), ckpt["weights"] if exported else "raw"
     if _is_state_dict(ckpt):
         return strip_module_prefix(ckpt), "bare state_dict"
     return None, None

@@ -125,10 +125,8 @@ class BaseOptions:
 
         data = parser.add_argument_group("data")
         data.add_argument("--dataroot", required=True, help=self.dataroot_help)
-        data.add_argument("--load_size", type=positive(int), default=128,
-                          help="side of the square network input/output (HR size); a multiple of 4")
-        data.add_argument("--scale_factor", type=positive(int), default=8,
-                          help="super-resolution factor: LR side = load_size / scale_factor")
+        data.add_argument("--load_size", type=positive(int), default=128, help=self.load_size_help)
+        data.add_argument("--scale_factor", type=positive(int), default=8, help=self.scale_factor_help)
 
         net = parser.add_argument_group("network")
         net.add_argument("--model", choices=("Mamba", "HybriMamba"), default="Mamba",
@@ -142,6 +140,8 @@ class BaseOptions:
 
     dataroot_help = "input images"
     pretrain_help = "weights to load"
+    load_size_help = "side of the square network input/output (HR size); a multiple of 4"
+    scale_factor_help = "super-resolution factor: LR side = load_size / scale_factor"
 
     def add_phase_options(self, parser):
         """Add the options of one phase (train or test)."""

@@ -23,6 +23,9 @@ class TestOptions(BaseOptions):
         "      --pretrain_model_path ckpt/Mamba-SRx8/best.pt --save_as_dir result/celeba --lpips")
     dataroot_help = "folder of LR input faces (any size; 16x16 for the 8x protocol)"
     pretrain_help = "checkpoint or state_dict to test (EMA weights are used when present, see --no_ema)"
+    load_size_help = ("side of the square network input/output (HR size): every input is resized to it; "
+                      "default: the checkpoint's (the task it was trained for), else 128")
+    scale_factor_help = "super-resolution factor (for the input-size notices); default: the checkpoint's, else 8"
 
     def add_phase_options(self, parser):
         data = parser.add_argument_group("test data")
@@ -37,6 +40,8 @@ class TestOptions(BaseOptions):
         run = parser.add_argument_group("inference and scoring")
         run.add_argument("--save_as_dir", default=None,
                          help="output folder for the SR PNGs (default: result/<name>)")
+        run.add_argument("--overwrite", action="store_true",
+                         help="replace files in --save_as_dir that test.py did not write there")
         run.add_argument("--no_ema", action="store_true",
                          help="use the raw weights of a checkpoint that also holds EMA weights")
         run.add_argument("--hr_dir", default=None,

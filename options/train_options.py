@@ -1,5 +1,6 @@
 """Options of train.py: the paper's protocol as defaults, plus AMP, EMA, clipping, validation, resume."""
 import argparse
+from pathlib import Path
 
 from options.base_options import BaseOptions, non_negative, positive
 from utils.errors import UserError
@@ -117,6 +118,11 @@ class TrainOptions(BaseOptions):
             raise UserError("--continue_train resumes from latest.pt and --pretrain_model_path starts "
                             "a new run from given weights; pass only one of them (or --continue_train auto: "
                             "the weights start a new run, latest.pt continues it)")
+        latest = Path(opt.ckpt_dir) / opt.name / "latest.pt"
+        if opt.continue_train is True and not latest.is_file():
+            raise UserError(f"--continue_train: {latest} does not exist, so there is no run to resume; check "
+                            f"--ckpt_dir and --name, or start without --continue_train (--continue_train auto "
+                            f"resumes only when it exists)")
         if opt.continue_train and opt.overwrite:
             raise UserError("--continue_train resumes the earlier run and --overwrite moves it aside; pass only one")
         if not opt.ema < 1:

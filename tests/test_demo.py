@@ -14,10 +14,12 @@ import skimage.data
 from PIL import Image
 
 from options import TrainOptions
+from tests.conftest import file_hashes
 from tests.y_oracle import y_channel
 from utils.demo import faces as demo_faces
 from utils.demo import pipeline as demo
 from utils.errors import UserError
+from utils.image_io import write_rgb
 from utils.photo.outputs import MAX_PANEL_SIDE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +48,8 @@ def builtin(tmp_path_factory):
 
 
 def test_builtin_faces_counts_and_sizes(builtin):
-    train = sorted(builtin.train_dir.iterdir())
-    held = sorted(builtin.heldout_dir.iterdir())
+    train = sorted(builtin.train_dir.glob("*.png"))
+    held = sorted(builtin.heldout_dir.glob("*.png"))
     assert len(train) == builtin.train_count == 80 * 8 + 160
     assert len(held) == builtin.heldout_count == 20
     assert sum(p.name.startswith("astronaut_") for p in train) == 160
@@ -57,8 +59,8 @@ def test_builtin_faces_counts_and_sizes(builtin):
 
 
 def test_heldout_faces_are_the_last_lfw_faces_and_never_trained_on(builtin):
-    train = {load(p).tobytes() for p in builtin.train_dir.iterdir()}
-    for i, path in enumerate(sorted(builtin.heldout_dir.iterdir())):
+    train = {load(p).tobytes() for p in builtin.train_dir.glob("*.png")}
+    for i, path in enumerate(sorted(builtin.heldout_dir.glob("*.png"))):
         face = lfw_face(80 + i)
         assert np.array_equal(load(path), face[:24, :24])
         assert not any(w.tobytes() in train for w in windows_24(face))
@@ -128,8 +130,8 @@ def make_user_faces(root, count):
 def test_user_faces_split_deterministically_and_disjoint(tmp_path):
     sources = make_user_faces(tmp_path / "mine", 12)
     faces = demo_faces.build_user_faces(tmp_path / "mine", tmp_path / "out", size=24, progress=False)
-    train = sorted(p.name for p in faces.train_dir.iterdir())
-    held = sorted(p.name for p in faces.heldout_dir.iterdir())
+    train = sorted(p.name for p in faces.train_dir.glob("*.png"))
+    held = sorted(p.name for p in faces.heldout_dir.glob("*.png"))
     assert (faces.train_count, faces.heldout_count) == (10, 2) == (len(train), len(held))
     assert not set(train) & set(held)
     positions = sorted(int(name.split("_")[0]) for name in train + held)
@@ -142,7 +144,7 @@ def test_user_faces_split_deterministically_and_disjoint(tmp_path):
         square = source.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
         assert np.array_equal(load(faces.heldout_dir / name), np.asarray(square.resize((24, 24), Image.BICUBIC)))
     again = demo_faces.build_user_faces(tmp_path / "mine", tmp_path / "again", size=24, progress=False)
-    assert sorted(p.name for p in again.heldout_dir.iterdir()) == held
+    assert sorted(p.name for p in again.heldout_dir.glob("*.png")) == held
 
 
 def test_user_faces_need_two_images(tmp_path):
@@ -173,7 +175,7 @@ def test_demo_options_are_checked():
     assert demo.parse_args(["--threads", "2"]).torch_threads == 2
 
 
-def test_output_folder_is_reused_only_when_the_demo_made_it(tmp_path):
+def test_output_folder_is_reused_only_when_the_demo_made_it(tmp_path, capsys):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep")
@@ -181,11 +183,22 @@ def test_output_folder_is_reused_only_when_the_demo_made_it(tmp_path):
         demo.prepare_out_dir(foreign)
     ours = tmp_path / "ours"
     demo.prepare_out_dir(ours)
-    (ours / "faces" / "train").mkdir(parents=True)
-    (ours / "faces" / "train" / "old.png").write_bytes(b"x")
+    write_rgb(ours / "faces" / "train" / "old.png", np.zeros((4, 4, 3), np.uint8), demo_faces.PURPOSE)
     (ours / "notes.txt").write_text("keep")
-    demo.prepare_out_dir(ours)
+    demo.prepare_out_dir(ours)  # the demo's files go, the user's stay
     assert not (ours / "faces").exists() and (ours / "notes.txt").read_text() == "keep"
+    assert f"kept 1 file(s) in {ours} that the demo did not write" in capsys.readouterr().out
+
+    # a file where the demo writes that it did not write (or that changed since): refused, nothing removed
+    for name, content in (("mine.png", b"x"), ("SR/edited.png", None)):
+        path = ours / "results" / name
+        write_rgb(path, np.zeros((4, 4, 3), np.uint8), demo_faces.PURPOSE)
+        path.write_bytes(content or path.read_bytes() + b"edited")
+        before = file_hashes(ours)
+        with pytest.raises(UserError, match=re.escape(f"were not written by it (or changed since): {path}")):
+            demo.prepare_out_dir(ours)
+        assert file_hashes(ours) == before
+        path.unlink()
 
 
 def test_lpips_is_used_only_where_it_can_run(tmp_path, monkeypatch):
@@ -231,10 +244,10 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
     assert "LPIPS skipped: its AlexNet needs images of at least 31x31" in text
     assert re.search(r"the demo took [\d.]+ min \(faces \d+ s, training \d+ s", text)
 
-    heldout = sorted((out / "faces" / "heldout").iterdir())
-    assert len(heldout) == 20 and len(list((out / "faces" / "train").iterdir())) == 800
+    heldout = sorted((out / "faces" / "heldout").glob("*.png"))
+    assert len(heldout) == 20 and len(list((out / "faces" / "train").glob("*.png"))) == 800
     for folder, side in (("faces/heldout_lr", 6), ("results/Bicubic", 24), ("results/HybriMamba", 24)):
-        files = sorted((out / folder).iterdir())
+        files = sorted((out / folder).glob("*.png"))
         assert [p.stem for p in files] == [p.stem for p in heldout]
         assert load(files[0]).shape == (side, side, 3)
     assert (out / "ckpt" / "demo" / "latest.pt").is_file()
@@ -276,3 +289,9 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
     verdict = re.search(r"HybriMamba (beats|does NOT beat) bicubic .*PSNR ([\d.]+) dB vs ([\d.]+) dB", text)
     assert verdict and verdict.group(1) == ("beats" if model > bicubic else "does NOT beat")
     assert (float(verdict.group(2)), float(verdict.group(3))) == (round(model, 2), round(bicubic, 2))
+
+    # everything the run wrote is recorded as the demo's: a rerun removes it all, and nothing else
+    (out / "notes.txt").write_text("mine")
+    demo.prepare_out_dir(out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [".hybrimamba-outputs", ".hybrimamba_demo",
+                                                                       "notes.txt"]

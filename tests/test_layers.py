@@ -3,7 +3,7 @@
 The nodes are the top-level packages, with utils/ split in two: its own modules (utils/*.py) and
 each of its subpackages, the engines. From the bottom up:
 
-1. ``utils`` (errors, image_io, progress, output_folder, host_memory): the bottom layer. It imports
+1. ``utils`` (errors, image_io, progress, output_files, host_memory): the bottom layer. It imports
    nothing of the project's and no torch (numpy, OpenCV, PIL and tqdm are fine), so every package
    and every script's ``--help`` can use it.
 2. ``models`` (the network, its config, checkpoint files, devices) imports only the bottom layer;

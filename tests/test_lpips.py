@@ -63,8 +63,8 @@ def faces(celeba_dir, tmp_path):
     """Three real faces as GT (PNG) and their heavy Gaussian blur as SR."""
     for path in sorted((celeba_dir / "val").glob("*.jpg"))[:3]:
         img = read_rgb(path)
-        write_rgb(tmp_path / "gt" / f"{path.stem}.png", img)
-        write_rgb(tmp_path / "sr" / f"{path.stem}.png", cv2.GaussianBlur(img, (0, 0), 4))
+        write_rgb(tmp_path / "gt" / f"{path.stem}.png", img, "test image")
+        write_rgb(tmp_path / "sr" / f"{path.stem}.png", cv2.GaussianBlur(img, (0, 0), 4), "test image")
     return tmp_path / "gt", tmp_path / "sr"
 
 
@@ -138,7 +138,7 @@ def test_offline_download_failure_points_to_backbone_weights(monkeypatch):
 def test_size_mismatch_names_the_pair(faces, ours):
     gt_dir, sr_dir = faces
     name = sorted(p.name for p in sr_dir.iterdir())[0]
-    write_rgb(sr_dir / name, np.zeros((64, 64, 3), np.uint8))
+    write_rgb(sr_dir / name, np.zeros((64, 64, 3), np.uint8), "test image")
     with pytest.raises(UserError, match=rf"size mismatch.*{name}"):
         evaluate_folders(gt_dir, sr_dir, psnr_ssim=False, lpips_model=ours, progress=False)
 

@@ -137,10 +137,20 @@ def test_invalid_train_options_are_one_line_errors(argv, message):
         TrainOptions().parse(["--dataroot", "x", *argv])
 
 
-def test_continue_train_alone_or_auto():
+def test_continue_train_alone_or_auto(tmp_path):
     parse = TrainOptions().parse
     assert parse(["--dataroot", "x"]).continue_train is False
-    assert parse(["--dataroot", "x", "--continue_train", "--max_iters", "3"]).continue_train is True
+    run = ["--dataroot", "x", "--ckpt_dir", str(tmp_path), "--name", "run"]
+    latest = tmp_path / "run" / "latest.pt"
+    # without a latest.pt the message names the file and the flags that locate it (not --pretrain_model_path)
+    with pytest.raises(UserError) as err:
+        parse([*run, "--continue_train"])
+    assert str(err.value) == (f"--continue_train: {latest} does not exist, so there is no run to resume; check "
+                              f"--ckpt_dir and --name, or start without --continue_train (--continue_train auto "
+                              f"resumes only when it exists)")
+    latest.parent.mkdir()
+    latest.write_bytes(b"")
+    assert parse([*run, "--continue_train", "--max_iters", "3"]).continue_train is True
     # auto resumes a run or starts one, from given weights if any
     opt = parse(["--dataroot", "x", "--continue_train", "auto", "--pretrain_model_path", "w.pt"])
     assert opt.continue_train == "auto" and opt.pretrain_model_path == "w.pt"

@@ -1,6 +1,7 @@
 """The photo pipeline on real faces (MTCNN from facenet-pytorch, the shipped model) and enhance.py's
 command line: outputs, JSON fields and every kind of bad input."""
 import json
+import re
 import subprocess
 import sys
 
@@ -222,7 +223,7 @@ def test_cli_writes_photo_faces_json_and_side_by_side(photos, tiny_model, tmp_pa
         assert np.abs(geometry.apply(fit, points) - TEMPLATE).max() < 12
         assert face["transform"]["scale"] == pytest.approx(FRAME / face["face_size"], rel=1e-3)
         assert 22 <= face["face_size"] <= 36 and face["network_input"] == round(face["face_size"])
-    pictures = sorted((out / "group_faces").iterdir())
+    pictures = sorted((out / "group_faces").glob("*.png"))
     assert [p.name for p in pictures] == ["00.png", "01.png", "02.png"]
     for picture, face in zip(pictures, record["faces"]):
         side = face["network_input"] * 8
@@ -298,11 +299,12 @@ def test_cli_never_replaces_files_it_did_not_write(photos, tiny_model, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "empty.png").write_bytes(b"the user's own file")
-    with pytest.raises(UserError, match="not written by enhance.py"):
+    with pytest.raises(UserError, match=re.escape(f"--out {out / 'empty.png'}: exists and is not a file HybriMamba "
+                                                  f"wrote for this purpose (enhance.py output)")):
         run([photos / "empty.png", "--out", out, "--pretrain_model_path", tiny_model, "--gpus", 0])
     assert (out / "empty.png").read_bytes() == b"the user's own file"
     # A photo whose outputs would land on itself.
-    with pytest.raises(UserError, match="not written by enhance.py"):
+    with pytest.raises(UserError, match=re.escape(f"--out {photos / 'empty.png'}: is the input INPUT")):
         run([photos / "empty.png", "--out", photos, "--pretrain_model_path", tiny_model, "--gpus", 0])
     # Its own outputs it replaces: a second run over the same folder works.
     run([photos / "group.jpg", "--out", out, "--pretrain_model_path", tiny_model, "--gpus", 0, "--upscale", 2])

@@ -92,7 +92,7 @@ def test_export_keeps_one_set_of_weights_and_the_network_options_only(tmp_path):
     assert out["iteration"] == 7 and "optimizer" not in out and "ema" not in out
     assert all(torch.equal(out["model"][k], ema[k]) for k in raw)
     assert export_model(src, tmp_path / "raw.pt", prefer_ema=False).provenance["weights"] == "raw"
-    with pytest.raises(UserError, match="would overwrite"):
+    with pytest.raises(UserError, match="is the input SRC"):
         export_model(src, src)
 
 

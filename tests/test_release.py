@@ -175,11 +175,11 @@ def test_export_tool_refusals(tiny, tmp_path):
     src = str(tmp_path / "latest.pt")
     with pytest.raises(UserError, match=r"unknown format \.bin; end the name in .safetensors, .onnx, .pt"):
         export_main([src, str(tmp_path / "out.bin")])
-    with pytest.raises(UserError, match="would overwrite the model it is exported from"):
+    with pytest.raises(UserError, match="is the input SRC"):
         export_main([src, src])
     existing = tmp_path / "out.safetensors"
     existing.write_text("keep me")
-    with pytest.raises(UserError, match="exists; pass --overwrite"):
+    with pytest.raises(UserError, match="exists and is not a file HybriMamba wrote for this purpose .*; pass --overwrite"):
         export_main([src, str(existing)])
     assert existing.read_text() == "keep me"
     export_main([src, str(existing), "--overwrite"])

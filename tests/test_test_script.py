@@ -109,7 +109,7 @@ def run(argv):
 
 
 def assert_outputs_match(out, files, state, size):
-    assert sorted(p.name for p in out.iterdir()) == [f"{s}.png" for s in STEMS]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{s}.png" for s in STEMS]
     for stem in STEMS:
         assert_same_picture(read(out / f"{stem}.png"), oracle(state, files / "lr" / f"{stem}.png", size), stem)
 

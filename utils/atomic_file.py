@@ -7,8 +7,8 @@ from pathlib import Path
 
 from utils.errors import UserError
 
-# The temporary name: .<final name>.<pid>.<8 hex digits>.tmp
-TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
+# The temporary name: .<final name>.<pid of the writer>.<8 hex digits>.tmp
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 
 
 @contextlib.contextmanager

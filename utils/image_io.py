@@ -1,15 +1,19 @@
 """Reading, listing and pairing image files, with one-line errors that name the file."""
 import contextlib
+import io
 import logging
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from utils.errors import UserError, first_few
+from utils.output_files import write_output
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+EXIF_ORIENTATION = 0x0112
 
 log = logging.getLogger("hybrimamba")
 _notified = set()
@@ -25,23 +29,76 @@ def is_image_file(path):
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _entries(folder, recursive):
+    """The paths directly in ``folder`` or, recursively, in it and its subfolders, following linked
+    folders but each real folder once (a link loop gets a notice)."""
+    if not recursive:
+        yield from folder.iterdir()
+        return
+    seen, loops = set(), []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        info = os.stat(root)
+        if (info.st_dev, info.st_ino) in seen:
+            loops.append(root)
+            dirs.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        yield from (Path(root) / name for name in files)
+    if loops:
+        log.warning(f"notice: {len(loops)} linked folder(s) lead back to a folder already read, each read once: "
+                    f"{first_few(loops)}")
+
+
 def list_images(folder, recursive=True):
-    """Sorted image paths under ``folder`` (recursively by default); an error if there are none."""
+    """Sorted image paths under ``folder`` (recursively by default); an error if there are none. Image
+    names that are broken or looping symbolic links are left out with a notice."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder; pass the folder that holds the images")
-    pattern = "**/*" if recursive else "*"
-    paths = sorted(p for p in folder.glob(pattern) if p.is_file() and is_image_file(p))
+    paths, broken = [], []
+    for path in _entries(folder, recursive):
+        if is_image_file(path):
+            (paths if path.is_file() else broken if not path.exists() else []).append(path)
+    if broken:
+        log.warning(f"notice: left out {len(broken)} image name(s) that are broken or looping symbolic links: "
+                    f"{first_few(sorted(broken))}")
     if not paths:
         raise UserError(f"{folder}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
-    return paths
+    return sorted(paths)
+
+
+def exif_orientation(raw):
+    """The EXIF orientation (1-8) of the image file bytes ``raw`` that OpenCV's decoding leaves to apply;
+    1 when there is none. Only files with an EXIF block are parsed (by PIL); TIFFs OpenCV turns itself."""
+    head = bytes(raw[:65536])
+    if head[:4] in (b"II*\x00", b"MM\x00*") or not any(tag in head for tag in (b"Exif", b"eXIf", b"EXIF")):
+        return 1
+    with contextlib.suppress(Exception), Image.open(io.BytesIO(bytes(raw))) as img:
+        value = int(img.getexif().get(EXIF_ORIENTATION, 1))
+        return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def orient(img, orientation):
+    """(H, W, ...) ``img`` turned upright for an EXIF ``orientation`` (as PIL's ImageOps.exif_transpose)."""
+    turns = {1: img, 2: img[:, ::-1], 3: img[::-1, ::-1], 4: img[::-1], 5: img.swapaxes(0, 1),
+             6: np.rot90(img, -1), 7: np.rot90(img, 2).swapaxes(0, 1), 8: np.rot90(img, 1)}
+    return np.ascontiguousarray(turns[orientation])
+
+
+def gif_frames(raw):
+    """How many frames the GIF bytes ``raw`` hold (1 when PIL cannot tell)."""
+    with contextlib.suppress(Exception), Image.open(io.BytesIO(bytes(raw))) as img:
+        return int(getattr(img, "n_frames", 1))
+    return 1
 
 
 def read_rgb(path):
-    """Read an image as RGB uint8 (H, W, 3).
+    """Read an image as RGB uint8 (H, W, 3), upright as its EXIF orientation says.
 
-    Grayscale is replicated, alpha is dropped and 16-bit is scaled to 8-bit, each with a
-    one-time notice. An unreadable or corrupt file raises ``UserError`` naming it.
+    Grayscale is replicated, alpha (with transparent pixels) is dropped, 16-bit is scaled to
+    8-bit, a GIF gives its first frame and an EXIF orientation is applied, each with a one-time
+    notice. An unreadable or corrupt file raises ``UserError`` naming it.
     """
     path = Path(path)
     try:
@@ -63,40 +120,45 @@ def decode_rgb(raw, path):
         img = np.round(img.astype(np.float64) / 257.0).astype(np.uint8)
     elif img.dtype != np.uint8:
         raise UserError(f"{path}: unsupported pixel type {img.dtype}; save it as 8- or 16-bit PNG")
+    if raw[:4].tobytes() == b"GIF8":
+        frames = gif_frames(raw)
+        if frames > 1:
+            _notice_once("gif", f"{path}: a GIF of {frames} frames; the first is used (further ones silently)")
+    orientation = exif_orientation(raw)
+    if orientation != 1:
+        _notice_once("exif", f"{path}: turned upright as its EXIF orientation {orientation} says (further ones "
+                             f"silently)")
+        img = orient(img, orientation)
     if img.ndim == 2:
         _notice_once("gray", f"{path}: grayscale image replicated to RGB (further ones are converted silently)")
         return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
     if img.shape[2] == 4:
-        _notice_once("alpha", f"{path}: alpha channel dropped (further ones are converted silently)")
+        if (img[:, :, 3] < 255).any():  # an opaque alpha channel (a GIF's) holds nothing to lose
+            _notice_once("alpha", f"{path}: alpha channel dropped (further ones are converted silently)")
         img = img[:, :, :3]
     elif img.shape[2] != 3:
         raise UserError(f"{path}: {img.shape[2]} channels; save it as RGB")
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
-def write_rgb(path, img):
-    """Write an RGB uint8 (H, W, 3) array; the format follows the extension (PNG for outputs).
+def check_image_format(path, flag=None):
+    """``path``'s extension is one OpenCV can write; else ``UserError`` naming it (and ``flag``)."""
+    if not cv2.haveImageWriter(str(path)):
+        raise UserError(f"{flag + ' ' if flag else ''}{path}: cannot write images ending in "
+                        f"'{Path(path).suffix}'; use .png (or .jpg)")
 
-    Written to ``<path>.tmp`` then renamed, so ``path`` is never half-written; a failed write
-    (a full disk) removes the temp file and raises ``UserError``.
+
+def write_rgb(path, img, purpose):
+    """Write an RGB uint8 (H, W, 3) array as written for ``purpose`` (utils.output_files); the format
+    follows the extension (PNG for outputs). ``path`` is never half-written; a failed write (a full
+    disk) leaves no temporary file and raises ``UserError``.
     """
     path = Path(path)
-    ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(img[:, :, ::-1]))
+    check_image_format(path)
+    ok, buf = cv2.imencode(path.suffix, np.ascontiguousarray(img[:, :, ::-1]))
     if not ok:
         raise UserError(f"{path}: cannot encode an image with this extension; use .png")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as f:
-            f.write(buf)
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(err, OSError):
-            raise UserError(f"{path}: cannot write the file ({err.strerror or err}); free disk space or choose "
-                            f"another output folder") from None
-        raise
+    write_output(path, buf.tobytes(), purpose)
 
 
 def index_by_stem(folder):

@@ -41,6 +41,7 @@ ASTRONAUT_SHIFT = 25
 # a third of the height, chin near the bottom).
 ASTRONAUT_FACE_WINDOW = (225, 125, 136)  # centre x, centre y, side
 MAX_USER_HELDOUT = 20
+PURPOSE = "demo file"  # what utils.output_files records for everything the demo writes
 # The demo's group photo: face sizes (pixels) and turns (degrees).
 GROUP_SIZES = (16, 20, 24, 28, 32, 40)
 GROUP_ANGLES = (0, 7, -9, 4, -6, 10)
@@ -183,13 +184,13 @@ def build_builtin_faces(out_dir, size=24, seed=0, progress=True):
     train = 0
     for index in progress_bar(range(first_heldout), desc="training crops", unit="face", enabled=progress):
         for suffix, crop in lfw_crops(faces[index], size):
-            write_rgb(train_dir / f"lfw{index:03d}_{suffix}.png", crop)
+            write_rgb(train_dir / f"lfw{index:03d}_{suffix}.png", crop, PURPOSE)
             train += 1
     for number, crop in enumerate(astronaut_crops(ASTRONAUT_CROPS, size, rng)):
-        write_rgb(train_dir / f"astronaut_{number:03d}.png", crop)
+        write_rgb(train_dir / f"astronaut_{number:03d}.png", crop, PURPOSE)
         train += 1
     for index in range(first_heldout, LFW_FACES):
-        write_rgb(heldout_dir / f"lfw{index:03d}.png", heldout_crop(faces[index], size))
+        write_rgb(heldout_dir / f"lfw{index:03d}.png", heldout_crop(faces[index], size), PURPOSE)
     description = (f"{train} training crops ({first_heldout} LFW faces x 8 crops, {ASTRONAUT_CROPS} crops of "
                    f"scikit-image's astronaut) and {HELDOUT_FACES} held-out LFW faces (photographs never used "
                    f"for training), all {size}x{size}")
@@ -216,7 +217,7 @@ def build_user_faces(dataroot, out_dir, size=24, progress=True):
     held = set(heldout_indices(len(paths)))
     for index, path in enumerate(progress_bar(paths, desc="preparing faces", unit="img", enabled=progress)):
         face = np.asarray(resize_bicubic(center_square(Image.fromarray(read_rgb(path))), (size, size)))
-        write_rgb((heldout_dir if index in held else train_dir) / f"{index:05d}_{path.stem}.png", face)
+        write_rgb((heldout_dir if index in held else train_dir) / f"{index:05d}_{path.stem}.png", face, PURPOSE)
     description = (f"{len(paths) - len(held)} training faces and {len(held)} held-out faces (evenly spaced in "
                    f"sorted order) from {dataroot}, all {size}x{size}")
     return FaceSet(train_dir, heldout_dir, len(paths) - len(held), len(held), description)

@@ -21,7 +21,6 @@ import importlib.util
 import math
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,13 +31,21 @@ import numpy as np
 from PIL import Image
 
 from models.pretrained import SHIPPED_MODEL
-from utils.demo.faces import GROUP_SIZES, astronaut_face, astronaut_group_photo, build_builtin_faces, build_user_faces
-from utils.errors import UserError
+from utils.demo.faces import (
+    GROUP_SIZES,
+    PURPOSE,
+    astronaut_face,
+    astronaut_group_photo,
+    build_builtin_faces,
+    build_user_faces,
+)
+from utils.errors import UserError, first_few
 from utils.image_io import read_rgb, write_rgb
+from utils.output_files import MANIFEST, TEMP_NAME, check_output_folder, record_output, write_output, written_for
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = ".hybrimamba_demo"  # marks a folder as the demo's own, so a rerun may empty it
-SUBFOLDERS = ("faces", "results", "ckpt", "logs")
+MARKER = ".hybrimamba_demo"  # marks a folder as the demo's own (a PURPOSE file), so a rerun may empty it
+SUBFOLDERS = ("faces", "results", "ckpt", "logs")  # where the demo writes
 NAME = "demo"
 MODEL = "HybriMamba"
 BICUBIC = "Bicubic"
@@ -121,15 +128,56 @@ def run(args, what, threads):
         raise UserError(f"{what} failed (exit code {done.returncode}, its message is above)")
 
 
-def prepare_out_dir(out):
-    """Create ``out`` or reuse a previous demo's; refuse a non-empty folder the demo did not make."""
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise UserError(f"{out}: exists and was not written by the demo; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
-    for name in SUBFOLDERS:
-        if (out / name).exists():
-            shutil.rmtree(out / name)  # never follows links out of the folder
+def prepare_out_dir(out, inputs=None):
+    """Create ``out`` or empty a previous demo's of the files the demo wrote (keeping any other file at its
+    top, with a note); refuse a non-empty folder the demo did not make, one with files it did not write
+    where it writes, and one that is, holds or lies inside a folder of ``inputs`` (``{flag: path}``)."""
+    check_output_folder("--out", out, inputs)
+    if out.exists() and any(out.iterdir()) and not written_for(out / MARKER, PURPOSE):
+        raise UserError(f"--out {out}: exists and was not written by the demo; choose another --out")
+    ours, kept = [], []
+    for path in demo_files(out):
+        if written_for(path, PURPOSE):
+            ours.append(path)
+        elif not TEMP_NAME.fullmatch(path.name):
+            kept.append(path)
+    inside = [p for p in kept if p.relative_to(out).parts[0] in SUBFOLDERS]
+    if inside:
+        raise UserError(f"--out {out}: {len(inside)} file(s) where the demo writes were not written by it (or changed "
+                        f"since): {first_few(inside)}; move them out of {out} or choose another --out")
+    if kept:
+        print(f"note: kept {len(kept)} file(s) in {out} that the demo did not write: {first_few(kept)}")
+    remove_files(out, ours)
+    write_output(out / MARKER, b"a folder of python -m utils.demo\n", PURPOSE)
+
+
+def demo_files(out):
+    """The regular files under ``out`` (links not followed), but the manifests and the marker."""
+    for root, _, names in os.walk(out):
+        for name in names:
+            path = Path(root) / name
+            if name != MANIFEST and path != out / MARKER and not path.is_symlink():
+                yield path
+
+
+def remove_files(out, paths):
+    """Delete ``paths`` (files under ``out``), then the folders they were in (up to ``out``) that this left
+    with nothing but a manifest."""
+    folders = {parent for path in paths for parent in path.parents if out in parent.parents}
+    for path in paths:
+        path.unlink()
+    for folder in sorted(folders, key=lambda f: -len(f.parts)):
+        if {p.name for p in folder.iterdir()} <= {MANIFEST}:
+            (folder / MANIFEST).unlink(missing_ok=True)
+            folder.rmdir()
+
+
+def record_new_files(out, before):
+    """Record every file under ``out`` that is not in ``before`` as the demo's (PURPOSE), so that the next
+    run removes it; the tools the demo runs record their own outputs only for their own purposes."""
+    for path in demo_files(out):
+        if path not in before and not TEMP_NAME.fullmatch(path.name) and not written_for(path, PURPOSE):
+            record_output(path, PURPOSE)
 
 
 def training_arguments(args, train_dir, train_count, out):
@@ -200,7 +248,7 @@ def shipped_model_on_a_real_face(args, faces, results):
     hr_dir, lr_dir = faces / "astronaut_hr", faces / "astronaut_lr"
     sr_dir, bicubic_dir = results / "x8" / MODEL, results / "x8" / BICUBIC
     table, picture = results / "x8" / "table.md", results / "x8" / "side_by_side.png"
-    write_rgb(hr_dir / "astronaut.png", astronaut_face(SHIPPED_SIZE))
+    write_rgb(hr_dir / "astronaut.png", astronaut_face(SHIPPED_SIZE), PURPOSE)
     run(["-m", "data.make_lr", hr_dir, "--lr_dir", lr_dir, "--lr_up_dir", bicubic_dir, "--scale", SHIPPED_SCALE],
         "making the LR face", args.torch_threads)
     run(["test.py", "--gpus", 0, "--dataroot", lr_dir, "--pretrain_model_path", SHIPPED_MODEL,
@@ -251,10 +299,8 @@ def small_faces_in_a_photo(args, faces, results):
 
     group = astronaut_group_photo(SHIPPED_SCALE)
     photo, truth, out = faces / "group_photo" / "group.png", faces / "group_photo_hr" / "group.png", results / "photo"
-    write_rgb(photo, group.lr)
-    write_rgb(truth, group.hr)
-    if out.exists():
-        shutil.rmtree(out)
+    write_rgb(photo, group.lr, PURPOSE)
+    write_rgb(truth, group.hr, PURPOSE)
     run(["enhance.py", photo, "--out", out, "--side_by_side", "--gpus", 0, "--upscale", SHIPPED_SCALE],
         "enhancing the photo", args.torch_threads)
     result = read_rgb(out / "group.png")
@@ -264,7 +310,7 @@ def small_faces_in_a_photo(args, faces, results):
         region = synthetic.face_region(group, index)
         base, ours = synthetic.region_psnr(group.hr, bicubic, region), synthetic.region_psnr(group.hr, result, region)
         print(f"  face {index} ({size:2d} px): bicubic {base:.2f} dB, enhance.py {ours:.2f} dB ({ours - base:+.2f})")
-    write_rgb(out / "closeup.png", closeup(group, result, bicubic))
+    write_rgb(out / "closeup.png", closeup(group, result, bicubic), PURPOSE)
     return [f"  photo       {photo} -> {out} (group.png, group.json, group_faces/, group_side_by_side.png)",
             f"  close-up    {out / 'closeup.png'} (input | bicubic | enhance.py | ground truth)"]
 
@@ -280,7 +326,15 @@ def main(argv=None):
     args = parse_args(argv)
     steps = Steps(7)
     out = Path(args.out).resolve()
-    prepare_out_dir(out)
+    prepare_out_dir(out, {"--dataroot": args.dataroot})
+    before = set(demo_files(out))
+    try:
+        return run_demo(args, steps, out)
+    finally:
+        record_new_files(out, before)
+
+
+def run_demo(args, steps, out):
     faces, results = out / "faces", out / "results"
     hr_dir, lr_dir = faces / "heldout", faces / "heldout_lr"
     sr_dir, bicubic_dir = results / MODEL, results / BICUBIC

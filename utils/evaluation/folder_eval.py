@@ -5,6 +5,7 @@ Pairs are read and scored by a thread pool (OpenCV decoding and filtering releas
 LPIPS runs batched in the calling thread on images of equal size.
 """
 import csv
+import io
 import math
 import os
 from collections import deque
@@ -13,14 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 from utils.evaluation.metrics import SSIM_RADIUS, evaluate_pair
 from utils.image_io import pair_by_stem, read_rgb
+from utils.output_files import check_output_file, write_output
 from utils.progress import progress_bar
 from utils.y_conventions import CONVENTIONS, DEFAULT_Y_CONVENTION, metric_tag
 
 # "convention" (e.g. "Y truncate") sits beside every per-image PSNR/SSIM pair
 CSV_FIELDS = ("name", "gt", "sr", "psnr", "ssim", "convention", "lpips")
+CSV_PURPOSE = "per-image metrics CSV"  # what utils.output_files records for psnr_ssim.py's, calc_lpips.py's, test.py's
 
 
 def default_workers():
@@ -48,8 +51,14 @@ def _ordered_map(fn, items, workers):
                 fut.cancel()
 
 
+def is_gray(img):
+    """Whether the RGB image ``img`` has three equal channels."""
+    return bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
+
+
 def _pair_scorer(psnr_ssim, keep_pixels, convention, crop_border, rgb):
-    """A function (stem, gt_path, sr_path) -> (row, (gt, sr) arrays or None), raising ``UserError``s."""
+    """A function (stem, gt_path, sr_path) -> (row, (gt, sr) arrays or None, whether the SR is grayscale and
+    the GT in colour), raising ``UserError``s."""
     min_side = 2 * SSIM_RADIUS + 1 + 2 * crop_border
 
     def score(pair):
@@ -65,7 +74,7 @@ def _pair_scorer(psnr_ssim, keep_pixels, convention, crop_border, rgb):
                                 f"after crop_border {crop_border}; use larger images or a smaller --crop_border")
             row["psnr"], row["ssim"] = evaluate_pair(gt, sr, convention, crop_border, rgb)
             row["convention"] = metric_tag(convention, rgb)
-        return row, ((gt, sr) if keep_pixels else None)
+        return row, ((gt, sr) if keep_pixels else None), is_gray(sr) and not is_gray(gt)
 
     return score
 
@@ -83,7 +92,8 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention=DEFAULT_Y_CON
     Returns ``(rows, summary)``: rows are dicts ``name, gt, sr`` plus ``psnr, ssim, convention``
     (when ``psnr_ssim``) and ``lpips`` (when an ``lpips_model`` from ``build_lpips`` is given);
     summary holds the means, the pair count, the skipped unpaired count and the settings. The
-    PSNR mean leaves out identical pairs (infinite PSNR); ``identical_pairs`` counts them.
+    PSNR mean leaves out identical pairs (infinite PSNR); ``identical_pairs`` counts them;
+    ``grayscale_sr`` lists the names whose SR image is grayscale and GT in colour.
     Unpaired files, unreadable files and size mismatches raise ``UserError`` naming them.
     """
     if crop_border < 0:
@@ -92,7 +102,7 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention=DEFAULT_Y_CON
         raise UserError(f"--batch_size {lpips_batch_size} must be >= 1")
     pairs, missing = pair_by_stem(gt_dir, sr_dir, allow_missing=allow_missing)
     score = _pair_scorer(psnr_ssim, lpips_model is not None, convention, crop_border, rgb)
-    rows, batch = [], []
+    rows, batch, gray = [], [], []
 
     if lpips_model is not None:
         # deferred so that PSNR/SSIM alone never pays for importing torch
@@ -105,9 +115,11 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention=DEFAULT_Y_CON
         batch.clear()
 
     results = _ordered_map(score, pairs, workers or default_workers())
-    for row, pixels in progress_bar(results, total=len(pairs), desc=f"evaluating {Path(sr_dir).name}",
-                                    unit="img", enabled=progress, leave=False):
+    for row, pixels, gray_sr in progress_bar(results, total=len(pairs), desc=f"evaluating {Path(sr_dir).name}",
+                                             unit="img", enabled=progress, leave=False):
         rows.append(row)
+        if gray_sr:
+            gray.append(row["name"])
         if pixels is None:
             continue
         if batch and (batch[0][1].shape != pixels[0].shape or len(batch) >= lpips_batch_size):
@@ -124,6 +136,7 @@ def evaluate_folders(gt_dir, sr_dir, *, psnr_ssim=True, convention=DEFAULT_Y_CON
         "convention": metric_tag(convention, rgb) if psnr_ssim else None,
         "crop_border": crop_border if psnr_ssim else None,
         "lpips_net": lpips_model.pnet_type if lpips_model is not None else None,
+        "grayscale_sr": gray,
     }
     return rows, summary
 
@@ -149,19 +162,23 @@ def summary_lines(summary):
         lines.append(f"SSIM: {summary['ssim']:.4f} ({tag})")
     if summary["lpips"] is not None:
         lines.append(f"LPIPS ({summary['lpips_net']}): {summary['lpips']:.4f}")
+    gray = summary.get("grayscale_sr")
+    if gray:
+        lines.append(f"warning: {len(gray)} SR image(s) are grayscale but their ground truth is in colour "
+                     f"({first_few(gray)}): Y-channel scores cannot see the missing colour; compare with --rgb")
     return lines
 
 
-def write_csv(path, rows):
-    """Per-image results as CSV with columns name, gt, sr and the metrics present."""
-    path = Path(path)
+def write_csv(path, rows, fix="free disk space or choose another --csv"):
+    """Per-image results as CSV with columns name, gt, sr and the metrics present (utils.output_files'
+    ``write_output``, as a ``CSV_PURPOSE`` file)."""
     fields = [f for f in CSV_FIELDS if rows and f in rows[0]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (repr(float(row[k])) if k in ("psnr", "ssim", "lpips") else row[k]) for k in fields})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(float(row[k])) if k in ("psnr", "ssim", "lpips") else row[k]) for k in fields})
+    write_output(path, text.getvalue().encode(), CSV_PURPOSE, fix)
 
 
 def add_folder_arguments(parser, sr_help="folder of super-resolved images"):
@@ -170,8 +187,17 @@ def add_folder_arguments(parser, sr_help="folder of super-resolved images"):
     parser.add_argument("sr_dir", help=sr_help)
     parser.add_argument("--allow_missing", action="store_true",
                         help="skip (and count) files present in one folder only")
-    parser.add_argument("--csv", help="write per-image results to this CSV file")
+    parser.add_argument("--csv", help="write per-image results to this CSV file (outside GT_DIR and SR_DIR)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --csv replace a file that is not a metrics CSV this project wrote")
     parser.add_argument("--workers", type=int, default=default_workers(), help="reader/metric threads")
+
+
+def check_csv_output(args):
+    """Before any work: the ``--csv`` of ``add_folder_arguments``' options may be written (utils.output_files)."""
+    if args.csv:
+        check_output_file("--csv", args.csv, CSV_PURPOSE, {"GT_DIR": args.gt_dir, "SR_DIR": args.sr_dir},
+                          args.overwrite)
 
 
 def report(rows, summary, csv_path=None):

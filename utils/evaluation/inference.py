@@ -20,16 +20,20 @@ from models.selective_scan import resolve_backend
 from options.base_options import network_config
 from options.test_options import TestOptions
 from utils.errors import UserError, first_few
-from utils.evaluation.folder_eval import evaluate_folders, summary_lines, write_csv
+from utils.evaluation.folder_eval import CSV_PURPOSE, evaluate_folders, summary_lines, write_csv
 from utils.host_memory import retain_freed_memory
 from utils.image_io import index_by_stem, is_image_file, write_rgb
-from utils.output_folder import check_output_folder
+from utils.output_files import check_output_folder, check_replaceable, write_output
 from utils.progress import TqdmHandler, progress_bar
 
 log = logging.getLogger("hybrimamba")
 OUTPUT_SUFFIX = ".png"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
+# what utils.output_files records for the outputs
+SR_PURPOSE, SUMMARY_PURPOSE = "super-resolved image", "metrics summary"
+TASK = ("load_size", "scale_factor")  # the task a checkpoint was trained for, which test.py runs by default
+MAX_TASK_SIZE = 16384  # a checkpoint's load_size above this is damage, not a task
 
 
 @contextlib.contextmanager
@@ -73,10 +77,31 @@ def network_options(opt, stored):
     return stored, notices
 
 
-def build_model(opt, device):
-    """(HybriMamba in eval mode on ``device`` with the checkpoint's weights, one-line description)."""
+def checkpoint_task(opt, ckpt):
+    """Set ``opt.load_size`` and ``opt.scale_factor`` to the task the checkpoint ``ckpt`` was trained for,
+    unless they were typed; returns the notices that say which sizes run and why."""
+    options = ckpt.get("options") if isinstance(ckpt, dict) else None
+    stored = {key: options[key] for key in TASK if isinstance(options, dict) and type(options.get(key)) is int}
+    bad = [key for key, value in stored.items() if not 0 < value <= MAX_TASK_SIZE]
+    if bad:
+        raise UserError(f"{opt.pretrain_model_path}: its {bad[0]} {stored[bad[0]]} is not a usable size (the file is "
+                        f"damaged); pass --{bad[0]} or use another checkpoint")
+    taken = [key for key in stored if key not in opt.explicit]
+    for key in taken:
+        setattr(opt, key, stored[key])
+    notices = [f"--{key} {getattr(opt, key)} differs from the checkpoint's {key} {stored[key]}, the task it was "
+               f"trained for" for key in stored if key not in taken and getattr(opt, key) != stored[key]]
+    if taken:
+        notices.insert(0, " and ".join(f"{key} {stored[key]}" for key in taken) + " from the checkpoint (the task it "
+                          f"was trained for); pass {' / '.join(f'--{key}' for key in taken)} to change")
+    return notices
+
+
+def build_model(opt, device, ckpt=None):
+    """(HybriMamba in eval mode on ``device`` with the checkpoint's weights, one-line description);
+    ``ckpt``: the checkpoint when already loaded."""
     path = opt.pretrain_model_path
-    ckpt = load_model_file(path)
+    ckpt = load_model_file(path) if ckpt is None else ckpt
     stored = stored_config(ckpt, path)
     config, notices = network_options(opt, stored)
     for line in notices:
@@ -149,8 +174,8 @@ def super_resolve(model, dataset, save_dir, batch_size=8, device="cpu", workers=
 
     Batches are (B, 3, S, S) with S = the dataset's load_size; any S works (the input is padded
     to a multiple of 4 and the output cropped back). Each output is rounded to uint8 and
-    written as ``save_dir/<input stem>.png``. Running out of memory and non-finite outputs
-    raise ``UserError`` before the batch is written.
+    written as ``save_dir/<input stem>.png`` (a ``SR_PURPOSE`` file of utils.output_files). Running
+    out of memory and non-finite outputs raise ``UserError`` before the batch is written.
     """
     device, save_dir = torch.device(device), Path(save_dir)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=min(workers, len(dataset)),
@@ -162,7 +187,7 @@ def super_resolve(model, dataset, save_dir, batch_size=8, device="cpu", workers=
             sr = forward_checked(model, batch["LR"].to(device, non_blocking=True), batch["path"], device)
             for path, img in zip(batch["path"], to_uint8(sr)):
                 out = save_dir / (Path(path).stem + OUTPUT_SUFFIX)
-                write_rgb(out, img)
+                write_rgb(out, img, SR_PURPOSE)
                 outputs.append(out)
             bar.update(len(batch["path"]))
     return outputs
@@ -177,13 +202,22 @@ def write_metrics(save_dir, rows, summary, extra):
     """``save_dir/metrics.csv`` (per image) and ``save_dir/metrics.json`` (summary and ``extra``)."""
     csv_path, json_path = save_dir / METRICS_CSV, save_dir / METRICS_JSON
     record = {k: _json_safe(v) for k, v in {**summary, **extra}.items()}
-    try:
-        write_csv(csv_path, rows)
-        json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    except OSError as err:
-        raise UserError(f"{save_dir}: cannot write the metrics ({err.strerror or err}); free disk space or choose "
-                        f"another --save_as_dir") from None
+    fix = "free disk space or choose another --save_as_dir"
+    write_csv(csv_path, rows, fix)
+    write_output(json_path, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode(), SUMMARY_PURPOSE, fix)
     return csv_path, json_path
+
+
+def check_outputs(opt, save_dir):
+    """Before any work: --save_as_dir may receive an SR image per input (and the metrics with --hr_dir)."""
+    inputs = {"--dataroot": opt.dataroot, "--hr_dir": opt.hr_dir}
+    check_output_folder("--save_as_dir", save_dir, inputs)
+    stems = index_by_stem(opt.dataroot)
+    check_output_folder("--save_as_dir", save_dir, inputs, SR_PURPOSE, [s + OUTPUT_SUFFIX for s in stems],
+                        opt.overwrite)
+    if opt.hr_dir:
+        for name, purpose in ((METRICS_CSV, CSV_PURPOSE), (METRICS_JSON, SUMMARY_PURPOSE)):
+            check_replaceable("--save_as_dir", save_dir, [save_dir / name], purpose, opt.overwrite)
 
 
 def run_test(opt, progress=True):
@@ -199,7 +233,10 @@ def _run_test(opt, progress):
         log.warning(f"notice: {line}")
     save_dir = Path(opt.save_as_dir)
     # Everything that can fail cheaply is checked before the (long) inference.
-    check_output_folder("--save_as_dir", save_dir, {"--dataroot": opt.dataroot, "--hr_dir": opt.hr_dir})
+    check_outputs(opt, save_dir)
+    ckpt = load_model_file(opt.pretrain_model_path)
+    for line in checkpoint_task(opt, ckpt):
+        log.warning(f"notice: {line}")
     dataset = SingleDataset(opt.dataroot, load_size=opt.load_size, scale_factor=opt.scale_factor,
                             skip_bad=opt.skip_bad_images)
     stems = [Path(p).stem for p in dataset.paths]
@@ -217,7 +254,7 @@ def _run_test(opt, progress):
     if opt.lpips:
         from utils.evaluation.lpips_metric import build_lpips  # deferred: lpips imports torchvision's models
         lpips_model = build_lpips("alex", opt.backbone_weights, device)
-    model, what = build_model(opt, device)
+    model, what = build_model(opt, device, ckpt)
     log.info(f"{what}; {len(dataset)} image(s) at {opt.load_size}x{opt.load_size} on {device}")
 
     outputs = super_resolve(model, dataset, save_dir, opt.batch_size, device, opt.num_threads, progress)
@@ -228,7 +265,8 @@ def _run_test(opt, progress):
     rows, summary = evaluate_folders(opt.hr_dir, save_dir, convention=opt.y_convention, lpips_model=lpips_model,
                                      lpips_batch_size=opt.batch_size, allow_missing=True, progress=progress)
     print("\n".join(summary_lines(summary)))
-    extra = {"checkpoint": str(opt.pretrain_model_path), "weights": what, "load_size": opt.load_size}
+    extra = {"checkpoint": str(opt.pretrain_model_path), "weights": what, "load_size": opt.load_size,
+             "scale_factor": opt.scale_factor}
     csv_path, json_path = write_metrics(save_dir, rows, summary, extra)
     print(f"per-image results: {csv_path}; summary: {json_path}")
     return outputs, summary

@@ -19,9 +19,11 @@ from data.make_lr import make_lr
 from models.paper import TABLE1, size_text
 from utils.errors import UserError, run_cli
 from utils.evaluation.folder_eval import default_workers, evaluate_folders
+from utils.output_files import check_output_file, write_output
 from utils.y_conventions import CONVENTIONS, DEFAULT_Y_CONVENTION, Y_CONVENTIONS, metric_tag, short_help
 
 BICUBIC = "Bicubic"
+PURPOSE = "results table"  # what utils.output_files records for --out
 
 def read_model_stats(spec):
     """'NAME=stats.json' (the output of ``python param.py --json``) -> (NAME, (params, flops) strings)."""
@@ -130,12 +132,17 @@ def parse_args(argv=None):
                    help=short_help() + " (python psnr_ssim.py --help says more)")
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--out", required=True, help="Markdown file to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace a file that is not a results table this project wrote")
     return p.parse_intermixed_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     groups = dataset_groups(args)
+    inputs = [(flag, path) for _, hr_dir, sr_dirs in groups
+              for flag, path in [("--hr_dir", hr_dir), *(("SR_DIR", s) for s in sr_dirs)]]
+    check_output_file("--out", args.out, PURPOSE, inputs, args.overwrite)
     stats = dict(read_model_stats(s) for s in args.model_stats)
     lpips_model = None
     if args.lpips:
@@ -159,8 +166,7 @@ def main(argv=None):
                          else ""))
     caption = table_caption(args.y_convention, args.lpips, args.with_paper)
     table = markdown_table([g[0] for g in groups], results, stats, args.with_paper, caption)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table)
+    write_output(args.out, table.encode(), PURPOSE, "free disk space or choose another --out")
     print(f"\n{table}\nwritten to {args.out}")
 
 

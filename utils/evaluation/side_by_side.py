@@ -15,11 +15,14 @@ from PIL import Image
 
 from data.degradation import resize_bicubic
 from utils.errors import UserError, run_cli
-from utils.image_io import index_by_stem, read_rgb, write_rgb
+from utils.image_io import check_image_format, index_by_stem, read_rgb, write_rgb
+from utils.output_files import check_output_file
 
 LABEL_HEIGHT = 24  # pixels of the caption band above each row
 GAP = 4  # pixels between faces and between rows
 BACKGROUND = 255
+MAX_PIXELS = 200_000_000  # 600 MB as RGB; a larger picture is surely a typo in --zoom or --n
+PURPOSE = "side-by-side picture"  # what utils.output_files records for --out
 
 
 def pick_stems(lr_dir, sr_dir, hr_dir, n, names=None):
@@ -45,17 +48,20 @@ def face_tiles(lr, sr, hr, size, bicubic):
             for label, img in tiles]
 
 
-def compose(faces, per_row):
-    """Grid of faces; ``faces`` is a list of tile lists from ``face_tiles`` -> RGB uint8 image.
+def canvas_size(count, per_row, k, h, w):
+    """(height, width) of the grid of ``count`` faces of ``k`` tiles of h x w pixels, ``per_row`` per row:
+    width per_row * k * w + (per_row - 1) * GAP, height rows * (LABEL_HEIGHT + h) + (rows - 1) * GAP."""
+    per_row = min(per_row, count)
+    rows = math.ceil(count / per_row)
+    return rows * (LABEL_HEIGHT + h) + (rows - 1) * GAP, per_row * k * w + (per_row - 1) * GAP
 
-    Width: per_row * k * w + (per_row - 1) * GAP; height: rows * (LABEL_HEIGHT + h) + (rows - 1) * GAP.
-    """
+
+def compose(faces, per_row):
+    """Grid of faces; ``faces`` is a list of tile lists from ``face_tiles`` -> RGB uint8 image of ``canvas_size``."""
     k = len(faces[0])
     h, w = faces[0][0][1].shape[:2]
     per_row = min(per_row, len(faces))
-    rows = math.ceil(len(faces) / per_row)
-    canvas = np.full((rows * (LABEL_HEIGHT + h) + (rows - 1) * GAP, per_row * k * w + (per_row - 1) * GAP, 3),
-                     BACKGROUND, np.uint8)
+    canvas = np.full((*canvas_size(len(faces), per_row, k, h, w), 3), BACKGROUND, np.uint8)
     for i, tiles in enumerate(faces):
         top = (i // per_row) * (LABEL_HEIGHT + h + GAP)
         left = (i % per_row) * (k * w + GAP)
@@ -72,11 +78,14 @@ def side_by_side(lr_dir, sr_dir, hr_dir, n=4, per_row=2, bicubic=False, names=No
     if n < 1 or per_row < 1 or zoom < 1:
         raise UserError(f"--n {n}, --per_row {per_row} and --zoom {zoom} must be >= 1")
     picked = pick_stems(lr_dir, sr_dir, hr_dir, n, names)
-    size = None
+    size = read_rgb(picked[0][3]).shape[1::-1]
+    height, width = canvas_size(len(picked), per_row, 4 if bicubic else 3, size[1] * zoom, size[0] * zoom)
+    if height * width > MAX_PIXELS:
+        raise UserError(f"the picture would be {width}x{height} pixels (at most {MAX_PIXELS / 1e6:.0f} megapixels); "
+                        f"lower --zoom {zoom}, --n or --per_row")
     faces = []
     for _, lr_path, sr_path, hr_path in picked:
         lr, sr, hr = read_rgb(lr_path), read_rgb(sr_path), read_rgb(hr_path)
-        size = size or hr.shape[1::-1]
         tiles = face_tiles(lr, sr, hr, size, bicubic)
         faces.append([(label, img.repeat(zoom, axis=0).repeat(zoom, axis=1)) for label, img in tiles])
     return compose(faces, per_row)
@@ -93,9 +102,14 @@ def main(argv=None):
     p.add_argument("--per_row", type=int, default=2, help="faces per row (default 2)")
     p.add_argument("--zoom", type=int, default=1, help="enlarge every tile K times, nearest-neighbour (default 1)")
     p.add_argument("--out", required=True, help="output image (PNG)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace a file that is not a side-by-side picture this project wrote")
     args = p.parse_args(argv)
+    check_image_format(args.out, "--out")
+    check_output_file("--out", args.out, PURPOSE, {"--lr": args.lr, "--sr": args.sr, "--hr": args.hr},
+                      args.overwrite)
     picture = side_by_side(args.lr, args.sr, args.hr, args.n, args.per_row, args.bicubic, args.names, args.zoom)
-    write_rgb(args.out, picture)
+    write_rgb(args.out, picture, PURPOSE)
     print(f"wrote {args.out} ({picture.shape[1]}x{picture.shape[0]})")
 
 

@@ -19,7 +19,7 @@ from options.base_options import SCAN_BACKENDS, OptionParser
 from utils.errors import UserError
 from utils.evaluation.inference import console_logging, select_device
 from utils.image_io import is_image_file
-from utils.output_folder import check_output_folder
+from utils.output_files import check_output_folder
 from utils.photo.detector import MIN_BOX, UPSAMPLE, FaceDetector
 from utils.photo.outputs import PhotoOutputs, write_outputs
 from utils.photo.photo_io import read_photo, upscale
@@ -48,6 +48,8 @@ def parse_args(argv=None):
                    help="faces larger than this many pixels are left as the bicubic enlargement; the network runs "
                         "at 8x a face's size (default: %(default)s, where the shipped model stops helping)")
     p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable photos out instead of stopping")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in --out that enhance.py did not write (or that changed since)")
     args = p.parse_args(argv)
     if args.upscale < 1:
         raise UserError(f"--upscale {args.upscale}: must be at least 1")
@@ -101,7 +103,6 @@ def enhance_file(path, args, restorer, detector, model_line):
                         f"{pixels / 1e6:.0f} megapixels (at most {MAX_OUTPUT_PIXELS / 1e6:.0f}); pass a smaller "
                         f"--upscale")
     outputs = PhotoOutputs(Path(args.out), path.stem)
-    outputs.check_free(path)
     result = enhance_photo(photo, restorer, detector, args.upscale, args.max_face, progress=True)
     for number, face in enumerate(result.faces):
         if face.notice:
@@ -125,6 +126,8 @@ def run(args):
     photos = list_photos(args.input)
     source = Path(args.input)
     check_output_folder("--out", args.out, {"INPUT": source if source.is_dir() else None})
+    for path in photos:
+        PhotoOutputs(Path(args.out), path.stem).check_free({"INPUT": path}, args.side_by_side, args.overwrite)
     unreadable = [p for p in photos if not cv2.haveImageReader(str(p))]
     if unreadable and not args.skip_bad_images:
         raise UserError(f"{unreadable[0]}: not a readable image (unknown format or corrupt); remove it or pass "

@@ -6,8 +6,8 @@
                                    beside the restored face; none for a face too large to restore
     OUT/<stem>_side_by_side.png    (--side_by_side) input | bicubic | result
 
-The JSON file marks the others as enhance.py's own: a later run may replace them, but never a
-``<stem>.png`` (or face folder) that has no JSON of ours beside it.
+They follow the project's rule for output files (utils/output_files.py): a later run replaces what
+enhance.py wrote, but no other file without --overwrite, and everything is checked before any work.
 """
 import json
 import re
@@ -20,8 +20,10 @@ import numpy as np
 from utils.errors import UserError
 from utils.evaluation.side_by_side import compose
 from utils.image_io import write_rgb
+from utils.output_files import check_output_file, check_replaceable, write_output, written_for
 
 WRITTEN_BY = "enhance.py"
+PURPOSE = "enhance.py output"  # what utils.output_files records for every file above
 FACE_FILE = re.compile(r"\d{2,}\.png")
 MAX_PANEL_SIDE = 1600  # side-by-side panels are reduced to at most this many pixels
 
@@ -47,19 +49,19 @@ class PhotoOutputs:
     def side_by_side(self):
         return self.out_dir / f"{self.stem}_side_by_side.png"
 
-    def ours(self):
-        """Whether ``record`` is a JSON file written by enhance.py."""
-        try:
-            return json.loads(self.record.read_text()).get("written_by") == WRITTEN_BY
-        except (OSError, ValueError, AttributeError):
-            return False
+    def face_files(self):
+        """The face pictures of an earlier run, which this run replaces or removes."""
+        return sorted(p for p in self.faces_dir.iterdir() if FACE_FILE.fullmatch(p.name)) \
+            if self.faces_dir.is_dir() else []
 
-    def check_free(self, source):
-        """Refuse to replace files enhance.py did not write (``source``: the input photo)."""
-        for path in (self.image, self.record, self.side_by_side, self.faces_dir):
-            if path.exists() and (path.resolve() == Path(source).resolve() or not self.ours()):
-                raise UserError(f"{path}: already exists and was not written by enhance.py; choose another --out "
-                                f"(nothing is replaced that enhance.py did not make)")
+    def check_free(self, inputs, side_by_side, overwrite=False):
+        """Before any work: every file this photo's run writes, replaces or removes may be (utils.output_files:
+        enhance.py's own or ``overwrite``), and none is an input of ``inputs`` (``{flag: path}``)."""
+        for path in (self.image, self.record, *([self.side_by_side] if side_by_side else [])):
+            check_output_file("--out", path, PURPOSE, inputs, overwrite)
+        if self.faces_dir.exists() and not self.faces_dir.is_dir():
+            raise UserError(f"--out {self.faces_dir}: is a file where enhance.py writes its face pictures; move it")
+        check_replaceable("--out", self.faces_dir, self.face_files(), PURPOSE, overwrite)
 
 
 def face_picture(lr, restored):
@@ -84,24 +86,18 @@ def side_by_side(photo, bicubic, result):
 
 
 def write_outputs(outputs, result, record, photo=None, bicubic=None):
-    """Write the JSON ``record`` first (it marks the folder's files as ours), then the face pictures
-    (removing face files of an earlier run that found more faces), the photo and, given ``photo`` and
-    ``bicubic``, the side-by-side picture."""
-    outputs.out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        outputs.record.write_text(json.dumps({"written_by": WRITTEN_BY, **record}, indent=2) + "\n")
-    except OSError as err:
-        raise UserError(f"{outputs.record}: cannot write the file ({err.strerror or err}); free disk space or "
-                        f"choose another --out") from None
+    """Write the JSON ``record``, the face pictures (removing enhance.py's face files of an earlier run that
+    found more faces), the photo and, given ``photo`` and ``bicubic``, the side-by-side picture."""
+    write_output(outputs.record, (json.dumps({"written_by": WRITTEN_BY, **record}, indent=2) + "\n").encode(),
+                 PURPOSE, "free disk space or choose another --out")
     names = set()
     for number, face in enumerate(result.faces):
         if face.restored is not None:
             names.add(f"{number:02d}.png")
-            write_rgb(outputs.faces_dir / f"{number:02d}.png", face_picture(face.lr, face.restored))
-    if outputs.faces_dir.is_dir():
-        for stale in outputs.faces_dir.iterdir():
-            if FACE_FILE.fullmatch(stale.name) and stale.name not in names:
-                stale.unlink()
-    write_rgb(outputs.image, result.image)
+            write_rgb(outputs.faces_dir / f"{number:02d}.png", face_picture(face.lr, face.restored), PURPOSE)
+    for stale in outputs.face_files():
+        if stale.name not in names and written_for(stale, PURPOSE):
+            stale.unlink()
+    write_rgb(outputs.image, result.image, PURPOSE)
     if photo is not None:
-        write_rgb(outputs.side_by_side, side_by_side(photo, bicubic, result.image))
+        write_rgb(outputs.side_by_side, side_by_side(photo, bicubic, result.image), PURPOSE)

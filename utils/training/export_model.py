@@ -26,8 +26,10 @@ from models import HybriMamba
 from models.checkpoint import read_as_release, save_checkpoint
 from models.pretrained import SUFFIX, write_release
 from utils.errors import UserError, run_cli
+from utils.output_files import check_output_file, record_output
 
 FORMATS = (SUFFIX, ".onnx", ".pt")
+PURPOSE = "exported model"  # what utils.output_files records for OUT
 # What a metrics.json of test.py says about the scores (and "dataset", which a user may add).
 SCORE_KEYS = ("dataset", "count", "psnr", "ssim", "lpips", "lpips_net", "y_convention", "crop_border", "channel")
 
@@ -48,23 +50,21 @@ def export_model(src, dst, prefer_ema=True, scores=None, command=None, size=None
     """Write ``src``'s network to ``dst`` in the format of its extension; returns the :class:`Release` written.
 
     ``scores`` (a dict) and ``command`` (the training command) are added to the provenance; ``size`` and
-    ``dynamic`` shape an ONNX export. An existing ``dst`` is replaced only with ``overwrite``.
+    ``dynamic`` shape an ONNX export. An existing ``dst`` that is not an export of the project is replaced
+    only with ``overwrite``.
     """
     src, dst = Path(src), Path(dst)
+    check_output_file("OUT", dst, PURPOSE, {"SRC": src}, overwrite)
     if dst.suffix not in FORMATS:
         raise UserError(f"{dst}: unknown format {dst.suffix or '(no extension)'}; end the name in "
                         f"{', '.join(FORMATS)}")
-    if src.resolve() == dst.resolve():
-        raise UserError(f"{dst}: would overwrite the model it is exported from; choose another path")
-    if dst.exists() and not overwrite:
-        raise UserError(f"{dst}: exists; pass --overwrite to replace it, or choose another path")
     release = read_as_release(src, prefer_ema)
     if scores:
         release.provenance["scores"] = scores
     if command:
         release.provenance["training_command"] = command
     if dst.suffix == SUFFIX:
-        write_release(dst, release, replace=overwrite)
+        write_release(dst, release, replace=True)  # checked above
     elif dst.suffix == ".pt":
         save_checkpoint(dst, {"model": release.state_dict, "options": {**release.config.to_dict(), **release.task},
                               "iteration": int(release.provenance.get("iterations", 0)),
@@ -74,6 +74,7 @@ def export_model(src, dst, prefer_ema=True, scores=None, command=None, size=None
 
         export_onnx(HybriMamba.from_release(release, source=src), dst, size=size or release.task["load_size"],
                     dynamic=dynamic)
+    record_output(dst, PURPOSE)
     return release
 
 
@@ -88,7 +89,7 @@ def main(argv=None):
     p.add_argument("--command", help="the training command, for checkpoints that do not record it")
     p.add_argument("--size", type=int, help="ONNX: the fixed input size (default: the task's load_size, 128)")
     p.add_argument("--dynamic", action="store_true", help="ONNX: any batch size and any H, W that are multiples of 8")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT although it is not an earlier export")
     args = p.parse_args(argv)
     if args.size is not None and (args.size < 4 or args.size % 4):
         raise UserError(f"--size {args.size}: use a multiple of 4 (the network halves the size twice)")

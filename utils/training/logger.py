@@ -64,7 +64,7 @@ class TrainLogger:
             return None
         grid = image_grid(lr, sr, hr)
         path = self.exp_dir / "visuals" / f"iter_{step:08d}.png"
-        write_rgb(path, grid)
+        write_rgb(path, grid, "training picture")
         self.writer.add_image("LR|SR|HR", grid, step, dataformats="HWC")
         return path
 
