@@ -3,6 +3,7 @@ one-line error, exit code 2, and every file that existed before is byte-identica
 import errno
 import logging
 import math
+import os
 import pathlib
 import shutil
 import signal
@@ -424,7 +425,9 @@ runpy.run_path("train.py", run_name="__main__")
 def test_kill_9_while_saving_never_breaks_latest_pt(tmp_path):
     make_faces(tmp_path / "faces")
     run_dir = tmp_path / "ckpt" / "k9"
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    # This machine's extension folder (not a default one in a home folder that other checkouts may rebuild).
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+           **{k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR",) if k in os.environ}}
     iteration = 0
     for kill, phase in enumerate(["half", "written", "half"]):
         marker = tmp_path / f"saving{kill}"

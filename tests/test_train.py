@@ -379,19 +379,6 @@ def test_non_finite_loss_stops_without_saving(tmp_path, faces6):
     assert not (tmp_path / "ckpt" / "diverge").exists()
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_corrupt_image_is_a_one_line_error_or_skipped(tmp_path, workers):
-    faces = make_faces(tmp_path / "faces", 1)
-    (faces / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    common = ("--batch_size", "1", "--max_iters", "2", "--num_threads", workers)
-    with pytest.raises(UserError) as err:
-        run_training(tmp_path, faces, "corrupt", *common)
-    assert str(err.value) == (f"{faces / 'broken.png'}: not a readable image (corrupt or unsupported format); "
-                              f"re-export or remove it")
-    trainer = run_training(tmp_path, faces, "skipped", *common, "--skip_bad_images")
-    assert trainer.iteration == 2
-
-
 # ------------------------------------------------------------------ devices
 def test_device_plans():
     plan = plan_devices(3, env={}, cuda_available=False, device_count=0)
