@@ -10,10 +10,11 @@ OUT ?= demo_output
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-extra.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -r requirements.txt
+	bash tests/install_extras.sh $(VENV)/bin/pip
 	touch $@
 
 # test-only references (basicsr's metric functions), without their own dependencies

@@ -26,6 +26,9 @@ from tests.conftest import SHARED  # noqa: E402  (needs the repository root on s
 
 ORACLE = ("tests/test_network_oracle.py",)
 RESUME = ("tests/test_train.py::test_resume_is_bit_identical_to_an_uninterrupted_run[0]",)
+PHOTO_PARTS = ("tests/test_photo_parts.py",)
+PHOTO_DETECTOR = ("tests/test_photo.py::test_detector_coordinates_do_not_drift_with_size",
+                  "tests/test_photo.py::test_alignment_puts_the_eyes_where_the_training_framing_has_them")
 BF16 = ("tests/test_train.py::test_bf16_autocast_computes_layers_in_bf16_and_the_scan_and_fft_in_float32",)
 GROUP_SIGTERM = ("tests/test_preemption.py::test_group_sigterm_while_workers_start_saves_every_time",)
 RUN_LOCK = ("tests/test_training_safety.py::test_a_second_run_is_refused_while_the_first_lives_and_starts_once_it_is_"
@@ -131,6 +134,23 @@ MUTATIONS = (
              "            damaged = damaged_library_reason(built, name)\n", "            damaged = None\n",
              ("tests/test_cpp_scan.py::test_a_damaged_compiled_scan_falls_back_to_torch_instead_of_crashing",),
              "a compiled scan in the extension folder is loaded unchecked (SIGBUS when it is truncated)"),
+    Mutation("photo_detector_offset", "utils/photo/detector.py", "DETECTOR_OFFSET = 0.5", "DETECTOR_OFFSET = 1.0",
+             PHOTO_DETECTOR, "MTCNN's coordinates taken as pixel-centre ones (off by half a pixel at every size)"),
+    Mutation("photo_opencv_centres", "utils/photo/geometry.py",
+             "return compose(translation(-0.5, -0.5), compose(m, translation(0.5, 0.5)))", "return m", PHOTO_PARTS,
+             "OpenCV's warps given corner-coordinate transforms (faces cut and pasted half a pixel off)"),
+    Mutation("photo_paste_scale", "utils/photo/pipeline.py",
+             "paste_face(canvas, restored, geometry.compose(geometry.scaling(scale), face_to_photo))",
+             "paste_face(canvas, restored, geometry.compose(geometry.scaling(restorer.scale), face_to_photo))",
+             PHOTO_PARTS, "restored faces pasted at the model's scale instead of the photo's --upscale"),
+    Mutation("photo_exif_turn", "utils/photo/photo_io.py", "6: np.rot90(img, -1)", "6: np.rot90(img, 1)", PHOTO_PARTS,
+             "EXIF orientation 6 turned the wrong way"),
+    Mutation("photo_template_eyes", "utils/photo/alignment.py", "    [47.22, 45.31],\n    [83.91, 45.27],",
+             "    [83.91, 45.27],\n    [47.22, 45.31],",
+             ("tests/test_photo.py::test_template_recomputed_on_celeba_crops",),
+             "the template's eyes swapped (faces aligned upside down or mirrored)"),
+    Mutation("photo_strip_margin", "utils/photo/photo_io.py", "STRIP_MARGIN = 3 ", "STRIP_MARGIN = 0 ", PHOTO_PARTS,
+             "the background enlarged in strips without context rows (seams every strip)"),
 )
 
 

@@ -1,5 +1,6 @@
 """`make demo`: the face sets it builds (checked against scikit-image and PIL directly) and a smoke
 run of the whole pipeline with a tiny training budget."""
+import json
 import math
 import re
 import socket
@@ -17,6 +18,7 @@ from tests.y_oracle import y_channel
 from utils.demo import faces as demo_faces
 from utils.demo import pipeline as demo
 from utils.errors import UserError
+from utils.photo.outputs import MAX_PANEL_SIDE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,11 +223,11 @@ def table_rows(markdown):
 def test_demo_smoke_run_writes_every_output(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "utils.demo", "--out", str(out), "--iters", "1", "--batch_size", "4",
-                           "--skip_check"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+                           "--skip_check"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = done.stdout
-    for step in range(1, 7):
-        assert f"=== step {step}/6" in text
+    for step in range(1, 8):
+        assert f"=== step {step}/7" in text
     assert "LPIPS skipped: its AlexNet needs images of at least 31x31" in text
     assert re.search(r"the demo took [\d.]+ min \(faces \d+ s, training \d+ s", text)
 
@@ -249,6 +251,17 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
     assert x8_rows == ["Bicubic", "HybriMamba"]
     # one face: a 24-pixel caption band over LR | bicubic | SR | HR tiles of 128 pixels
     assert load(x8 / "side_by_side.png").shape == (24 + 128, 4 * 128, 3)
+
+    # The shipped model on the group photo through enhance.py: its outputs and each face's score.
+    photo = out / "results" / "photo"
+    group = load(out / "faces" / "group_photo" / "group.png")
+    assert load(photo / "group.png").shape == (group.shape[0] * 8, group.shape[1] * 8, 3)
+    assert len(json.loads((photo / "group.json").read_text())["faces"]) == len(demo_faces.GROUP_SIZES)
+    # input | bicubic | result, each reduced to at most MAX_PANEL_SIDE pixels (the x8 photo is 1728 wide)
+    assert load(photo / "group_side_by_side.png").shape[1] == 3 * min(MAX_PANEL_SIDE, group.shape[1] * 8)
+    assert load(photo / "closeup.png").shape == (3 * (24 + 160) + 2 * 4, 4 * 160, 3)
+    scores = re.findall(r"face \d \( ?(\d+) px\): bicubic ([\d.]+) dB, enhance.py ([\d.]+) dB", text)
+    assert [int(s[0]) for s in scores] == list(demo_faces.GROUP_SIZES)
 
     table = (out / "results" / "table.md").read_text()
     assert table in text.replace("\r", "")

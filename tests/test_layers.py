@@ -12,7 +12,9 @@ each of its subpackages, the engines. From the bottom up:
    ``--help`` and option errors without loading it.
 3. The engines ``utils.evaluation`` (test.py's inference, metrics, tables) on layers 1-2, and
    ``utils.training``, ``utils.demo`` and any later one on layers 1-2 and ``utils.evaluation``
-   (training validates with its metrics). ``utils/__init__.py`` imports none of them.
+   (training validates with its metrics); ``utils.demo``, which shows the others' work, also on
+   ``utils.photo`` (its group photo with known faces, to score enhance.py). ``utils/__init__.py``
+   imports none of them.
 4. The scripts (train.py, test.py, ...) on top: they may import anything and nothing imports them.
 
 Imports inside functions count: they are the same dependency, only deferred.
@@ -36,6 +38,7 @@ ALLOWED = {
     "options": {"utils", "models"},
     "utils.evaluation": BELOW_ENGINES,
     **{engine: BELOW_ENGINES | {"utils.evaluation"} for engine in ENGINES if engine != "utils.evaluation"},
+    "utils.demo": BELOW_ENGINES | {"utils.evaluation", "utils.photo"},
 }
 TORCH_FREE = """
 import importlib, sys

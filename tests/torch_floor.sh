@@ -25,6 +25,7 @@ print('numpy<2' if v < (2, 3) else 'numpy')" "$torch_version")
 "$venv/bin/pip" install --quiet "torch==$torch_version" "torchvision==$torchvision_version" "$numpy" \
     -r "$repo/requirements.txt"
 "$venv/bin/pip" install --quiet --no-deps -r "$repo/requirements-test.txt"  # as make test does
+bash "$repo/tests/install_extras.sh" "$venv/bin/pip" --quiet                   # as make test does
 cd "$repo"
 "$venv/bin/python" -c "import torch, torchvision, numpy; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'numpy', numpy.__version__)"

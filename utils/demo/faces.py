@@ -41,6 +41,9 @@ ASTRONAUT_SHIFT = 25
 # a third of the height, chin near the bottom).
 ASTRONAUT_FACE_WINDOW = (225, 125, 136)  # centre x, centre y, side
 MAX_USER_HELDOUT = 20
+# The demo's group photo: face sizes (pixels) and turns (degrees).
+GROUP_SIZES = (16, 20, 24, 28, 32, 40)
+GROUP_ANGLES = (0, 7, -9, 4, -6, 10)
 
 
 @dataclass
@@ -135,6 +138,34 @@ def astronaut_face(size=128):
     half = side / 2
     window = portrait.crop(tuple(round(v) for v in (cx - half, cy - half, cx + half, cy + half)))
     return np.asarray(resize_bicubic(window, (size, size)))
+
+
+def astronaut_source():
+    """The astronaut's face with its CelebA-like frame, for group photos (``utils.photo.synthetic``): the
+    portrait cut around the frame with the margins of a CelebA aligned image (frame 137 pixels at 19, 63
+    of 178x218: about 0.14 of the side to the left, 0.16 right, 0.46 above, 0.13 below)."""
+    from utils.photo.synthetic import FaceSource
+
+    cx, cy, side = ASTRONAUT_FACE_WINDOW
+    left, top = cx - side // 2, cy - side // 2
+    portrait = to_uint8(load_skimage_image("astronaut"))
+    x0, y0 = max(0, left - round(0.14 * side)), max(0, top - round(0.46 * side))
+    x1, y1 = left + side + round(0.16 * side), top + side + round(0.13 * side)
+    return FaceSource(portrait[y0:y1, x0:x1], (left - x0, top - y0, side))
+
+
+def astronaut_group_photo(scale=8):
+    """A built-in "group photo": the astronaut's face six times, 16 to 40 pixels, turned and mirrored,
+    on a smooth background, with its x``scale`` ground truth (``utils.photo.synthetic.GroupPhoto``)."""
+    from utils.photo import synthetic
+
+    face = astronaut_source()
+    left, top, side = face.frame
+    mirrored = synthetic.FaceSource(np.ascontiguousarray(face.image[:, ::-1]), (face.image.shape[1] - left - side,
+                                                                                top, side))
+    placements, (width, height) = synthetic.grid_layout(GROUP_SIZES, GROUP_ANGLES, per_row=3)
+    sources = [face if i % 2 == 0 else mirrored for i in range(len(GROUP_SIZES))]
+    return synthetic.group_photo(sources, placements, width, height, scale=scale, seed=0)
 
 
 def build_builtin_faces(out_dir, size=24, seed=0, progress=True):
