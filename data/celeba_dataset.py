@@ -44,7 +44,8 @@ class CelebADataset(Dataset):
         if load_size % scale_factor:
             raise UserError(f"load_size {load_size} is not divisible by scale_factor {scale_factor}; "
                             f"use e.g. --load_size {load_size // scale_factor * scale_factor}")
-        self.paths = list_images(hr_folder(root))
+        self.root = hr_folder(root)
+        self.paths = list_images(self.root)
         self.load_size = load_size
         self.scale_factor = scale_factor
         self.augment = augment

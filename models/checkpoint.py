@@ -7,11 +7,13 @@ A training checkpoint is a dict with the keys ``model`` (state_dict without ``mo
 prefixes), ``ema`` (state_dict of the EMA weights, optional), ``optimizer``, ``scheduler``,
 ``scaler``, ``epoch`` (epochs completed), ``iteration``, ``batch_in_epoch`` (batches of the
 current epoch done), ``rng``, ``options`` (a dict of plain values) and ``checksums`` (``weights_checksum`` of
-``model`` and ``ema``, added by ``save_checkpoint``, checked by ``load_checkpoint``). Only tensors
+``model`` and ``ema``, and ``tree_checksum`` of everything else under ``training_state``: the optimizer,
+the position, the options...; added by ``save_checkpoint``, checked by ``load_checkpoint``). Only tensors
 and plain Python types are stored, so every file loads with ``torch.load(weights_only=True)``,
 which cannot execute code from the file.
 """
 import contextlib
+import hashlib
 import logging
 import pickle
 import re
@@ -31,21 +33,56 @@ from utils.errors import UserError, first_few
 log = logging.getLogger("hybrimamba")
 MODULE_PREFIX = "module."
 CHECKSUMMED = ("model", "ema")
+REST = "training_state"  # the checksum of every other entry but "checksums"
 
 
 class WeightsMismatch(UserError):
     """A state_dict whose keys or shapes do not fit the network."""
 
 
+def tree_checksum(obj):
+    """sha256 (hex) over a nested structure of dicts (keys sorted), lists, tuples, tensors and plain values,
+    each with its type: the optimizer state, the position, the RNG states and the options of a checkpoint."""
+    digest = hashlib.sha256()
+
+    def add(node):
+        if isinstance(node, torch.Tensor):
+            tensor = node.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(node, dict):
+            digest.update(f"D{len(node)}|".encode())
+            for key in sorted(node, key=repr):
+                digest.update(f"{type(key).__name__}:{key!r}=".encode())
+                add(node[key])
+        elif isinstance(node, (list, tuple)):
+            digest.update(f"{type(node).__name__}{len(node)}|".encode())
+            for item in node:
+                add(item)
+        else:
+            digest.update(f"{type(node).__name__}:{node!r}|".encode())
+
+    add(obj)
+    return digest.hexdigest()
+
+
+def _rest(state):
+    return {k: v for k, v in state.items() if k not in (*CHECKSUMMED, "checksums")}
+
+
 def with_checksums(state):
-    """``state`` plus ``checksums`` of its weights when it is a training checkpoint (a dict with 'model')."""
+    """``state`` plus ``checksums`` of its weights and of the rest when it is a training checkpoint (a dict
+    with 'model')."""
     if not (isinstance(state, dict) and _is_state_dict(state.get("model"))):
         return state
-    return {**state, "checksums": {k: weights_checksum(state[k]) for k in CHECKSUMMED if _is_state_dict(state.get(k))}}
+    checksums = {k: weights_checksum(state[k]) for k in CHECKSUMMED if _is_state_dict(state.get(k))}
+    checksums[REST] = tree_checksum(_rest(state))
+    return {**state, "checksums": checksums}
 
 
 def verify_checksums(ckpt, path):
-    """Damage to the weights of a checkpoint raises ``UserError``; a checkpoint without checksums gets a notice."""
+    """Damage to a checkpoint (its weights or the rest of its training state) raises ``UserError``; a checkpoint
+    without checksums gets a notice. Files written before the rest was checksummed have only the weights'."""
     stored = ckpt.get("checksums") if isinstance(ckpt, dict) else None
     if stored is None:
         if select_weights(ckpt)[0] is not None:
@@ -53,7 +90,12 @@ def verify_checksums(ckpt, path):
                         f"damage to it cannot be detected")
         return
     for key, digest in stored.items():
-        if not _is_state_dict(ckpt.get(key)) or weights_checksum(ckpt[key]) != digest:
+        if key == REST:
+            if tree_checksum(_rest(ckpt)) != digest:
+                raise UserError(f"{path}: the training state (optimizer, position, options) does not match the "
+                                f"checksum stored with it (the file is damaged); use another checkpoint (e.g. an "
+                                f"iter_<N>.pt) or copy it again")
+        elif not _is_state_dict(ckpt.get(key)) or weights_checksum(ckpt[key]) != digest:
             raise UserError(f"{path}: the '{key}' weights do not match the checksum stored with them (the file is "
                             f"damaged); use another checkpoint (e.g. an iter_<N>.pt) or copy it again")
 
@@ -66,16 +108,42 @@ def check_finite(state, source):
                         f"these weights are unusable, use an earlier checkpoint")
 
 
-def save_checkpoint(path, state):
-    """Write ``state`` (with ``checksums`` of its weights) to ``path`` atomically: a temp file in the
-    same folder, fsync, then rename.
+class _WriteErrors:
+    """A binary file for torch.save that keeps the OSError of a failed write in ``error``: torch's zip writer
+    turns it into a RuntimeError ("enforce fail ... unexpected pos") when the disk fills early in a save."""
 
-    A crash or an exception while writing leaves the previous file at ``path`` untouched.
+    def __init__(self, file):
+        self.file = file
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):  # the file's other methods, as torch or a caller may use them
+        return getattr(self.file, name)
+
+
+def save_checkpoint(path, state):
+    """Write ``state`` (with ``checksums``) to ``path`` atomically: a temp file in the same folder, fsync,
+    then rename.
+
+    A crash or an exception while writing leaves the previous file at ``path`` untouched; a full disk
+    (or another failed write) raises ``UserError``.
     """
     # A fresh unique name opened with "x" (not mkstemp): the file gets the umask's permissions, not 0600.
     with atomic_output(path, "the checkpoint", "free disk space or choose another --ckpt_dir") as tmp, \
             open(tmp, "xb") as f:
-        torch.save(with_checksums(state), f)
+        writer = _WriteErrors(f)
+        try:
+            torch.save(with_checksums(state), writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def remove_interrupted_saves(folder):

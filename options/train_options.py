@@ -27,8 +27,9 @@ class TrainOptions(BaseOptions):
         "<checkpoints_dir>/<name>/; checkpoints (latest.pt, iter_<N>.pt, best.pt) to <ckpt_dir>/<name>/.\n"
         "--batch_size is the whole batch with DataParallel (--gpus N) and the batch of each process\n"
         "under torchrun.\n"
-        "SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop the run after the current iteration with latest.pt\n"
-        "written (exit status 3); --continue_train resumes it exactly.")
+        "SIGTERM, SIGINT (Ctrl-C), SIGUSR1 or SIGHUP stop the run after the current iteration with\n"
+        "latest.pt written (exit status 3); --continue_train resumes it exactly. One training at a time\n"
+        "per <ckpt_dir>/<name>/.")
     examples = (
         "examples:\n"
         "  # the seed's command (3 GPUs, DataParallel)\n"

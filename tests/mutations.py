@@ -38,6 +38,9 @@ FUSED_NETWORK = ("tests/test_image_scan.py::test_fused_network_matches_the_unfus
 FUSED_MODULES = ("tests/test_fused_training.py",)
 TRITON_IMAGE = ("tests/test_triton_scan.py::test_interpreter_suite[image-scan]",)
 TRITON_IMAGE_KERNELS = "models/selective_scan/triton_image_kernels.py"
+GROUP_SIGTERM = ("tests/test_preemption.py::test_group_sigterm_while_workers_start_saves_every_time",)
+RUN_LOCK = ("tests/test_training_safety.py::test_a_second_run_is_refused_while_the_first_lives_and_starts_once_it_is_"
+            "killed",)
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,37 @@ MUTATIONS = (
              ("tests/test_web.py::test_restore_face_runs_the_network_on_the_bicubic_input",
               "tests/test_web.py::test_the_page_in_a_real_browser_shows_the_models_result"),
              "the web page shows the bicubic face as HybriMamba's result"),
+    Mutation("workers_unshielded", "utils/training/data.py",
+             "    with workers_start_shielded():\n        iterator = iter(loader)\n", "    iterator = iter(loader)\n",
+             GROUP_SIGTERM, "DataLoader workers start with the stop signals unblocked (killed before worker_init_fn)"),
+    Mutation("worker_sigterm_unblocked", "utils/training/stop_signals.py",
+             "signal.pthread_sigmask(signal.SIG_UNBLOCK, others)",
+             "signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)", GROUP_SIGTERM,
+             "a worker unblocks SIGTERM too: torch's worker handler ends it on another process's SIGTERM"),
+    Mutation("startup_signal_recorded", "utils/training/stop_signals.py",
+             "        if first and self.starting:\n            raise StoppedDuringStartup(signum)\n", "",
+             ("tests/test_preemption.py::test_a_signal_before_the_network_exists_exits_3_with_nothing_to_save",),
+             "a signal before the network exists is only recorded: start-up goes on and writes files"),
+    Mutation("run_lock_not_taken", "utils/training/run_lock.py", "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+             "fcntl.lockf(fd, fcntl.LOCK_UN)", RUN_LOCK, "the run lock is never taken: two runs share a folder"),
+    Mutation("run_lock_flock", "utils/training/run_lock.py", "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", RUN_LOCK,
+             "flock instead of lockf: DataLoader workers inherit the lock and hold it after a kill -9 of their run"),
+    Mutation("optimizer_not_checksummed", "models/checkpoint.py", 'if k not in (*CHECKSUMMED, "checksums")}',
+             'if k not in (*CHECKSUMMED, "checksums", "optimizer")}',
+             ("tests/test_training_safety.py::test_damage_anywhere_in_the_training_state_is_refused",),
+             "the training state's checksum leaves the optimizer out"),
+    Mutation("no_save_on_data_error", "utils/training/trainer.py", "except (DataError, LogWriteError) as err:",
+             "except LogWriteError as err:",
+             ("tests/test_training_safety.py::test_a_corrupt_image_saves_latest_and_the_resume_can_skip_it",),
+             "an unreadable training image stops the run without saving latest.pt"),
+    Mutation("ema_dropped_on_resume", "utils/training/state.py", "    opt.ema = float(decay)\n", "",
+             ("tests/test_training_safety.py::test_resume_keeps_the_ema_unless_ema_0_is_typed",),
+             "a resumed run without --ema drops the checkpoint's EMA weights"),
+    Mutation("scan_library_unchecked", "models/selective_scan/cpu_kernel.py",
+             "            damaged = damaged_library_reason(built, name)\n", "            damaged = None\n",
+             ("tests/test_cpp_scan.py::test_a_damaged_compiled_scan_falls_back_to_torch_instead_of_crashing",),
+             "a compiled scan in the extension folder is loaded unchecked (SIGBUS when it is truncated)"),
     Mutation("photo_detector_offset", "utils/photo/detector.py", "DETECTOR_OFFSET = 0.5", "DETECTOR_OFFSET = 1.0",
              PHOTO_DETECTOR, "MTCNN's coordinates taken as pixel-centre ones (off by half a pixel at every size)"),
     Mutation("photo_opencv_centres", "utils/photo/geometry.py",

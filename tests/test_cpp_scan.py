@@ -3,10 +3,14 @@
 The first test that needs the extension builds it (about a minute on 2 cores, once per machine:
 torch caches it). Tests are skipped only where there is no C++ compiler at all.
 """
+import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from models import HybriMamba
 from models.selective_scan import cpu_kernel, resolve_backend, selective_scan
 from models.selective_scan.cpu_kernel import selective_scan_cpp, vector_exp
 from models.selective_scan.reference import selective_scan_ref
+from tests.conftest import ROOT
 from tests.test_selective_scan import assert_agree, make_inputs, relative_error, run
 from utils.errors import UserError
 
@@ -185,3 +190,56 @@ def test_compiler_error_is_reported_in_one_line(fresh_build, monkeypatch, caplog
     messages = [r.getMessage() for r in caplog.records if r.name == "hybrimamba"]
     assert messages[0].startswith("selective scan: compiling the C++ CPU kernel")
     assert messages[1].endswith("cpp unavailable: cpu_scan.cpp:1:1: error: simulated failure)")
+
+
+# ---- a damaged build in the extension cache: never a crash ----
+BACKENDS_OF_A_RUN = """
+import logging
+from models.selective_scan import resolve_backend
+from utils.errors import UserError
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+print("auto:", resolve_backend("auto", "cpu"), flush=True)
+try:
+    resolve_backend("cpp", "cpu")
+    print("cpp: runs")
+except UserError as err:
+    print("cpp:", err)
+"""
+
+
+def backends_of_a_run(extensions):
+    """A new process's 'auto' and 'cpp' backends with ``extensions`` as torch's extension folder: (exit status,
+    stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-c", BACKENDS_OF_A_RUN], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions)})
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_a_damaged_compiled_scan_falls_back_to_torch_instead_of_crashing(tmp_path):
+    from torch.utils import cpp_extension
+    name, _ = cpu_kernel.build_options()
+    extensions = tmp_path / "extensions"
+    build = extensions / name
+    # A copy of this machine's build: up to date, so torch loads it as it is.
+    shutil.copytree(cpp_extension._get_build_directory(name, verbose=False), build, ignore=shutil.ignore_patterns(
+        "lock", "*.sha256"))
+    library = build / f"{name}.so"
+    intact = library.read_bytes()
+
+    code, out, err = backends_of_a_run(extensions)  # loaded once in a child process, then here
+    assert (code, out) == (0, "auto: cpp\ncpp: runs\n"), err[-3000:]
+    stamp = build / f"{name}.so.sha256"
+    assert stamp.read_text().strip() == hashlib.sha256(intact).hexdigest()
+
+    for damage, how in (("truncated", r"ended by SIGBUS"), ("garbage", r"failed: ImportError: .*")):
+        # damaged after its check (a full disk, a rebuild under this process's feet): the stamp no longer fits
+        library.write_bytes(intact[:len(intact) // 2] if damage == "truncated" else os.urandom(len(intact)))
+        code, out, err = backends_of_a_run(extensions)
+        reason = (f"the compiled scan {re.escape(str(library))} is damaged \\(loading it in a test process {how}\\); "
+                  f"delete {re.escape(str(build))} to rebuild it")
+        assert code == 0, (damage, code, err[-3000:])
+        assert re.fullmatch(f"auto: torch\ncpp: --scan_backend cpp cannot run: {reason}; --scan_backend torch works "
+                            f"everywhere\n", out), (damage, out)
+        assert re.search(f"^selective scan: backend 'torch' \\(auto on cpu; cpp unavailable: {reason}\\)$", err,
+                         flags=re.M), (damage, err[-3000:])
+        assert "Traceback" not in err

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from models.checkpoint import load_checkpoint
 from options import TrainOptions
-from tests.conftest import ROOT
+from tests.conftest import ROOT, file_hashes
 from tests.test_train import free_port, make_faces, run_training, tensor_leaves, train_argv
 from utils.training.stop_signals import EXIT_STOPPED, ignore_stop_signals
 from utils.training.trainer import Trainer, train
@@ -212,3 +212,108 @@ def test_a_dataloader_worker_outlives_other_senders_sigterm_but_not_its_parents(
     worker.terminate()  # as the DataLoader and multiprocessing's exit handler end a worker
     worker.join(10)
     assert worker.exitcode == 128 + signal.SIGTERM
+
+
+# ------------------------------------------------------------------ signals at any point
+# train.py with one function wrapped: after the function has run, the process writes its pid to a marker file
+# and waits, so that the test's signal falls into that window every time instead of by chance.
+# argv: module, attribute (a function or Class.method), marker file, seconds, then train.py's arguments.
+PAUSED = """
+import importlib, os, pathlib, runpy, sys, time
+module, attribute, marker, delay = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), float(sys.argv[4])
+owner_name, _, name = attribute.rpartition(".")
+owner = importlib.import_module(module)
+owner = getattr(owner, owner_name) if owner_name else owner
+original = getattr(owner, name)
+
+def paused(*args, **kwargs):
+    result = original(*args, **kwargs)
+    with marker.open("a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(delay)
+    return result
+
+setattr(owner, name, paused)
+sys.argv = ["train.py", *sys.argv[5:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+# Runs in every new DataLoader worker right after fork, before its worker_init_fn: the window in which a
+# signal to the whole process group used to kill a worker (torch's own worker handler ends it on a
+# SIGTERM from any process but its parent).
+WORKER_START = ("torch.utils.data._utils.signal_handling", "_set_worker_signal_handlers")
+LOOPS = 10
+
+
+def markers(marker):
+    return len(marker.read_text().splitlines()) if marker.is_file() else 0
+
+
+def run_paused(tmp_path, hook, argv, tag, send, count=1, delay=1.0):
+    """Run train.py ``argv`` paused after the ``count``-th call of ``hook`` (module, attribute); then call
+    ``send(proc)``; returns (exit status, output)."""
+    marker, log_path = tmp_path / f"marker-{tag}", tmp_path / f"{tag}.out"
+    with started([sys.executable, "-c", PAUSED, *hook, str(marker), str(delay), *argv], log_path, ROOT) as proc:
+        deadline = time.monotonic() + 300
+        while markers(marker) < count:
+            assert proc.poll() is None, f"exited with {proc.returncode}: " + log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{hook} not reached after 300 s"
+            time.sleep(0.02)
+        send(proc)
+        code = proc.wait(timeout=300)
+    return code, read_log(log_path)
+
+
+def group_sigterm(proc):
+    os.killpg(proc.pid, signal.SIGTERM)  # as SLURM signals every process of the job, DataLoader workers included
+
+
+@pytest.mark.parametrize("when, nth_worker", [("first iteration", 1), ("validation start", 2)])
+def test_group_sigterm_while_workers_start_saves_every_time(tmp_path, when, nth_worker):
+    faces = make_faces(tmp_path / "faces", 4)
+    # One loader worker: the training loader's starts with the first iteration (and persists), the
+    # validation loader's with each validation (after every iteration here).
+    argv = train_argv(tmp_path, faces, "group", "--num_threads", "1", "--max_iters", "1000", "--val_dataroot",
+                      str(faces), "--val_freq", "1", "--continue_train", "auto", "--scan_backend", "torch")
+    latest = tmp_path / "ckpt" / "group" / "latest.pt"
+    outcomes = []
+    for loop in range(LOOPS):  # each run resumes the last one's latest.pt and is stopped after 1 iteration
+        code, output = run_paused(tmp_path, WORKER_START, argv, f"run{loop}", group_sigterm, count=nth_worker)
+        outcomes.append((code, load_checkpoint(latest)["iteration"] if latest.is_file() else None))
+        assert outcomes[-1] == (EXIT_STOPPED, loop + 1), (when, outcomes, output[-3000:])
+        assert "Traceback" not in output and f"stopped by SIGTERM after iteration {loop + 1} " in output
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP"])
+def test_a_signal_before_the_network_exists_exits_3_with_nothing_to_save(tmp_path, faces6, sig):
+    run_training(tmp_path, faces6, "early", "--max_iters", "1")
+    before = file_hashes(tmp_path / "ckpt", tmp_path / "check_points", faces6)
+    argv = train_argv(tmp_path, faces6, "early", "--max_iters", "5", "--continue_train")
+    # paused while the training images are listed: the network does not exist yet
+    code, output = run_paused(tmp_path, ("data.celeba_dataset", "list_images"), argv, "early",
+                              lambda proc: proc.send_signal(getattr(signal, sig)))
+    assert code == EXIT_STOPPED, output[-3000:]
+    assert output.strip().splitlines()[-1] == (f"stopped by {sig} during start-up, before training began: nothing "
+                                               f"to save (no checkpoint was written or changed); run the same "
+                                               f"command again to start")
+    assert "Traceback" not in output
+    assert file_hashes(tmp_path / "ckpt", tmp_path / "check_points", faces6) == before
+
+
+def test_a_signal_once_the_training_state_exists_saves_it(tmp_path, faces6):
+    argv = train_argv(tmp_path, faces6, "ready", "--max_iters", "5")
+    # paused after the training state exists, before the first iteration
+    code, output = run_paused(tmp_path, ("utils.training.logger", "TrainLogger.start_writing"), argv, "ready",
+                              lambda proc: proc.send_signal(signal.SIGTERM))
+    assert code == EXIT_STOPPED and "Traceback" not in output, output[-3000:]
+    assert "stopped by SIGTERM after iteration 0 (0 epoch(s) and 0 batch(es) done); saved " in output
+    assert load_checkpoint(tmp_path / "ckpt" / "ready" / "latest.pt")["iteration"] == 0
+    assert run_training(tmp_path, faces6, "ready", "--max_iters", "2", "--continue_train").iteration == 2
+
+
+def test_sighup_mid_training_saves(tmp_path, faces6):
+    argv = train_argv(tmp_path, faces6, "hangup", "--max_iters", "1000", "--num_threads", "1")
+    code, output = run_paused(tmp_path, ("utils.training.state", "TrainingState.advance"), argv, "hangup",
+                              lambda proc: os.killpg(proc.pid, signal.SIGHUP), count=2, delay=0)
+    assert code == EXIT_STOPPED and "Traceback" not in output, output[-3000:]
+    stop = load_checkpoint(tmp_path / "ckpt" / "hangup" / "latest.pt")["iteration"]
+    assert stop >= 2 and f"stopped by SIGHUP after iteration {stop} " in output

@@ -179,7 +179,7 @@ def test_export_tool_refusals(tiny, tmp_path):
         export_main([src, src])
     existing = tmp_path / "out.safetensors"
     existing.write_text("keep me")
-    with pytest.raises(UserError, match="exists and is not a file HybriMamba wrote for this purpose .*; pass --overwrite"):
+    with pytest.raises(UserError, match="exists and is not a file HybriMamba wrote .*; pass --overwrite"):
         export_main([src, str(existing)])
     assert existing.read_text() == "keep me"
     export_main([src, str(existing), "--overwrite"])

@@ -119,7 +119,7 @@ def test_short_run_learns_and_writes_logs_visuals_and_checkpoints(tmp_path):
     assert np.mean([s[1] for s in scores]) == pytest.approx(best["best"]["ssim"], abs=1e-9)
 
     # LR|SR|HR grids of the first (up to 4) samples of the batch, as PNG.
-    assert sorted(p.name for p in (exp / "visuals").iterdir()) == [f"iter_{i:08d}.png" for i in (10, 20, 30)]
+    assert sorted(p.name for p in (exp / "visuals").glob("*.png")) == [f"iter_{i:08d}.png" for i in (10, 20, 30)]
     assert read_rgb(exp / "visuals" / "iter_00000030.png").shape == (2 * SIZE, 3 * SIZE, 3)
     log_text = (exp / "train_log.txt").read_text()
     assert "iteration 30: loss" in log_text and "validation at iteration 30" in log_text
@@ -326,7 +326,7 @@ def test_fp16_needs_cuda(tmp_path, faces6):
 
 
 def test_continue_train_without_checkpoint_is_a_user_error(tmp_path, faces6):
-    with pytest.raises(UserError, match="latest.pt: no such checkpoint file"):
+    with pytest.raises(UserError, match="latest.pt does not exist, so there is no run to resume"):
         run_training(tmp_path, faces6, "nothing", "--continue_train", "--max_iters", "1")
 
 
@@ -383,19 +383,6 @@ def test_non_finite_loss_stops_without_saving(tmp_path, faces6):
     assert re.match(r"non-finite loss \((nan|inf)\) at iteration [2-8] \(epoch \d+\); stopped without saving, no "
                     r"checkpoint had been written yet; start again with a lower --lr or set --grad_clip$", message)
     assert not (tmp_path / "ckpt" / "diverge").exists()
-
-
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_corrupt_image_is_a_one_line_error_or_skipped(tmp_path, workers):
-    faces = make_faces(tmp_path / "faces", 1)
-    (faces / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    common = ("--batch_size", "1", "--max_iters", "2", "--num_threads", workers)
-    with pytest.raises(UserError) as err:
-        run_training(tmp_path, faces, "corrupt", *common)
-    assert str(err.value) == (f"{faces / 'broken.png'}: not a readable image (corrupt or unsupported format); "
-                              f"re-export or remove it")
-    trainer = run_training(tmp_path, faces, "skipped", *common, "--skip_bad_images")
-    assert trainer.iteration == 2
 
 
 # ------------------------------------------------------------------ devices

@@ -8,11 +8,15 @@ Two entry points: the selective scan (``selective_scan_cpp``) and the fused Imag
 """
 import contextlib
 import getpass
+import hashlib
 import io
 import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -82,6 +86,53 @@ def build_failure_reason(err):
     return f"{type(err).__name__}: {lines[0]}"
 
 
+# Loads a compiled library in a child process (argv: module name, path); see damaged_library_reason.
+_PROBE = ("import importlib.util, sys\n"
+          "import torch\n"
+          "spec = importlib.util.spec_from_file_location(sys.argv[1], sys.argv[2])\n"
+          "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _stamp(built):
+    """The file that keeps the sha256 of ``built`` once it has loaded safely."""
+    return built.with_name(built.name + ".sha256")
+
+
+def _keep_stamp(built):
+    with contextlib.suppress(OSError):  # a read-only extension folder: the next run checks again
+        _stamp(built).write_text(_sha256(built) + "\n")
+
+
+def damaged_library_reason(built, name):
+    """None if the compiled library ``built`` (extension module ``name``) is safe to load here, else one line why.
+
+    A damaged file (truncated by a full disk or a killed link, rewritten under this process's feet)
+    kills the process that loads it with SIGBUS, which no ``except`` catches. So a library is loaded in
+    a child process first (its own session: a signal to this job's process group does not end the
+    check), once per build: the sha256 of a library that loaded there is kept beside it, and later
+    runs only compare the file with it."""
+    with contextlib.suppress(OSError):
+        if _stamp(built).read_text().strip() == _sha256(built):
+            return None
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, name, str(built)], capture_output=True, text=True,
+                              timeout=600, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return f"loading {built} in a test process did not finish in 10 minutes"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        how = (f"ended by {signal.Signals(-done.returncode).name}" if done.returncode < 0
+               else f"failed: {lines[-1] if lines else f'exit status {done.returncode}'}")
+        return (f"the compiled scan {built} is damaged (loading it in a test process {how}); delete "
+                f"{built.parent} to rebuild it")
+    _keep_stamp(built)
+    return None
+
+
 def _build():
     """(module, None) or (None, one line why); logs once that it compiles, and how long it took."""
     name, flags = build_options()
@@ -101,6 +152,10 @@ def _build():
         compiling = not built.exists() or built.stat().st_mtime < SOURCE.stat().st_mtime
         if compiling:
             _log.info("selective scan: compiling the C++ CPU kernel into %s (once, about a minute)", build_dir)
+        else:
+            damaged = damaged_library_reason(built, name)
+            if damaged:
+                return None, damaged
         start = time.perf_counter()
         with _ninja_on_path(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -108,6 +163,7 @@ def _build():
                                         build_directory=str(build_dir))
         if compiling:
             _log.info("selective scan: compiled the C++ CPU kernel in %.0f s", time.perf_counter() - start)
+            _keep_stamp(built)  # built and loaded by this process: no need to check it in a child
         return module, None
     except Exception as err:  # a compiler, ninja or header problem: reported, never fatal under auto
         return None, build_failure_reason(err)

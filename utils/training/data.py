@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from utils.errors import UserError
-from utils.training.stop_signals import ignore_stop_signals
+from utils.training.stop_signals import ignore_stop_signals, workers_start_shielded
 
 
 def sample_seed(seed, epoch, index):
@@ -83,10 +83,17 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples
 
 
+class DataError(UserError):
+    """An image of the data set cannot be used (unreadable, corrupt); raised by ``batches``."""
+
+
 def batches(loader):
-    """Iterate ``loader``; a ``UserError`` raised in a worker process (which the DataLoader re-raises
-    with the worker's traceback in its message) comes out as the original one-line error."""
-    iterator = iter(loader)
+    """Iterate ``loader``, its worker processes started shielded from stop signals
+    (``workers_start_shielded``); a ``UserError`` raised while loading, also in a worker process (which
+    the DataLoader re-raises with the worker's traceback in its message), comes out as a one-line
+    ``DataError``."""
+    with workers_start_shielded():
+        iterator = iter(loader)
     while True:
         try:
             batch = next(iterator)
@@ -94,10 +101,9 @@ def batches(loader):
             return
         except UserError as err:
             text = str(err)
-            if not text.startswith("Caught "):
-                raise
-            # The traceback's last line is "utils.errors.UserError: <the message>".
-            raise UserError(text.strip().splitlines()[-1].split(": ", 1)[-1]) from None
+            if text.startswith("Caught "):  # the traceback's last line is "utils.errors.UserError: <the message>"
+                text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+            raise DataError(text) from None
         yield batch
 
 

@@ -1,6 +1,9 @@
-"""A training run's folders before it starts: temp files of an interrupted save are removed, and a new
-run never replaces an earlier run's checkpoints (``--overwrite`` moves that run aside instead)."""
+"""A training run's folders before it starts: both must be writable, temp files of an interrupted save
+are removed, and a new run never replaces an earlier run's checkpoints (``--overwrite`` moves that run
+aside instead)."""
 import contextlib
+import errno
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +38,33 @@ def _aside(folder, stamp):
         n += 1
         candidate = folder.with_name(f"{folder.name}.replaced-{stamp}-{n}")
     return candidate
+
+
+def check_writable(folder, flag, value, create=True):
+    """``UserError`` naming ``flag`` (given as ``value``) unless a file can be made in ``folder`` (created with
+    its parents when ``create``, else only checked if it exists): a path through a file or a read-only
+    folder is found at start-up instead of at the first save, after hours of training."""
+    folder = Path(folder)
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.exists():
+            return
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = {errno.EEXIST: "a file, not a folder", errno.ENOTDIR: "a path through a file"}.get(
+            err.errno, err.strerror or str(err))
+        raise UserError(f"{flag} {value}: cannot write in {folder} ({reason}); choose another {flag}") from None
+
+
+def check_output_folders(ckpt_dir, exp_dir, opt):
+    """Check that the run can write its checkpoints (``ckpt_dir``, in --ckpt_dir) and logs (``exp_dir``, in
+    --checkpoints_dir): the two parent folders are created, the run's own folders checked if they exist."""
+    for folder, flag, value in ((ckpt_dir, "--ckpt_dir", opt.ckpt_dir),
+                                (exp_dir, "--checkpoints_dir", opt.checkpoints_dir)):
+        check_writable(folder.parent, flag, value)
+        check_writable(folder, flag, value, create=False)
 
 
 def prepare_run_folders(ckpt_dir, exp_dir, resume, overwrite=False):

@@ -9,16 +9,18 @@ The optimizer and schedule options typed on a resumed run's command line replace
 (``override_schedule``). The loop that fills this state is ``utils.training.trainer``.
 """
 import bisect
+import hashlib
 import logging
 import random
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.checkpoint import assign_weights, check_finite, load_checkpoint, select_weights
 from models.device import unwrap
-from utils.errors import UserError
+from utils.errors import UserError, first_few
 from utils.training.distributed import all_gather_objects, broadcast_object
 
 log = logging.getLogger("hybrimamba")
@@ -106,15 +108,83 @@ def checkpoint_to_resume(opt, ckpt_dir, plan):
     return path if exists else None
 
 
+def read_training_state(path):
+    """The training checkpoint at ``path`` (a latest.pt to resume), loaded and checked (checksums, and that it
+    is a whole training state); ``UserError`` otherwise."""
+    ckpt = load_checkpoint(path)
+    if select_weights(ckpt)[1] == "bare state_dict":
+        raise UserError(f"{path}: holds network weights only, not a training state; --continue_train needs a "
+                        f"latest.pt written by train.py (to start from these weights: --pretrain_model_path "
+                        f"{path} and a new --name)")
+    missing = [k for k in TRAINING_STATE if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: not a training state written by train.py (no {', '.join(missing)}); "
+                        f"resume from another checkpoint or start a new --name")
+    return ckpt
+
+
+def keep_checkpoint_ema(opt, ckpt, path):
+    """A resumed run keeps the checkpoint's EMA unless --ema is typed (``--ema 0`` drops it): sets ``opt.ema``
+    to the checkpoint's decay; returns the notice lines."""
+    if "ema" in opt.explicit or "ema" not in ckpt:
+        return []
+    options = ckpt.get("options")
+    decay = options.get("ema") if isinstance(options, dict) else None
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        raise UserError(f"{path}: holds EMA weights but its options give no usable EMA decay ({decay!r}); pass "
+                        f"--ema (e.g. --ema 0.999) to keep them, or --ema 0 to drop them")
+    if decay == opt.ema:
+        return []
+    opt.ema = float(decay)
+    return [f"--ema {opt.ema} as {path} was trained: its EMA weights are kept (--ema 0 drops them)"]
+
+
+def dataset_summary(dataset):
+    """{'images': count, 'digest': sha256 of the image paths relative to the data folder}: what a resumed
+    run compares with the checkpoint's to tell whether the training set changed."""
+    digest = hashlib.sha256()
+    for path in dataset.paths:
+        digest.update(f"{Path(path).relative_to(dataset.root).as_posix()}\n".encode())
+    return {"images": len(dataset.paths), "digest": digest.hexdigest()}
+
+
+def dataset_change(saved, now):
+    """A notice line when the training set ``now`` (``dataset_summary``) differs from the checkpoint's, else None."""
+    if not isinstance(saved, dict) or saved == now:
+        return None
+    count = (f"{now['images']} images now, {saved.get('images')} then" if saved.get("images") != now["images"]
+             else f"{now['images']} images then and now, but not the same files")
+    return (f"the training set changed since the checkpoint was saved ({count}): every epoch is shuffled over the "
+            f"new set, so the run will not match an uninterrupted one")
+
+
+def check_optimizer_state(state, optimizer, model, path):
+    """Non-finite values in the optimizer state of ``state`` (an optimizer state_dict) raise ``UserError``
+    naming the parameters: they would turn the weights into NaN a few iterations after the resume."""
+    names = {id(p): name for name, p in unwrap(model).named_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    bad = []
+    for index, entries in state.get("state", {}).items():
+        name = names.get(id(params[index]), f"parameter {index}") if index < len(params) else f"parameter {index}"
+        bad += [f"{key} of {name}" for key, value in entries.items()
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all())]
+    if bad:
+        raise UserError(f"{path}: non-finite values (NaN or inf) in the optimizer state: {first_few(bad)}; this "
+                        f"training state cannot continue: start a new --name from its weights with "
+                        f"--pretrain_model_path {path}, or resume an earlier checkpoint")
+
+
 class TrainingState:
     """The parts of a run that a checkpoint saves and a resume restores: the network (``model``, maybe
     wrapped for DataParallel/DDP, and ``ema``), ``optimizer``, ``scheduler``, ``scaler``, the position
-    (``epoch``, ``batch_in_epoch``, ``iteration``), ``best`` (validation) and ``last_saved``."""
+    (``epoch``, ``batch_in_epoch``, ``iteration``), ``best`` (validation) and ``last_saved``; ``dataset`` is
+    the training set's ``dataset_summary``."""
 
-    def __init__(self, opt, plan, model, optimizer, scheduler, scaler, ema, iters_per_epoch):
+    def __init__(self, opt, plan, model, optimizer, scheduler, scaler, ema, iters_per_epoch, dataset):
         self.opt, self.plan = opt, plan
         self.model, self.optimizer, self.scheduler, self.scaler, self.ema = model, optimizer, scheduler, scaler, ema
         self.iters_per_epoch = iters_per_epoch
+        self.dataset = dataset
         self.epoch = 0             # epochs completed
         self.batch_in_epoch = 0    # batches of the current epoch completed
         self.iteration = 0
@@ -149,6 +219,7 @@ class TrainingState:
                  "scaler": self.scaler.state_dict(),
                  "epoch": self.epoch, "iteration": self.iteration, "batch_in_epoch": self.batch_in_epoch,
                  "iters_per_epoch": self.iters_per_epoch, "world_size": self.plan.world_size,
+                 "dataset": dict(self.dataset),
                  "best": dict(self.best),
                  "rng": all_gather_objects(rng_state(), self.plan),
                  "options": dict(vars(self.opt))}
@@ -156,18 +227,9 @@ class TrainingState:
             state["ema"] = self.ema.state_dict()
         return state
 
-    def resume(self, path):
-        """Restore everything ``checkpoint()`` saved from ``path`` (a latest.pt of this run); the schedule
-        options typed on the command line replace the checkpoint's."""
-        ckpt = load_checkpoint(path)
-        if select_weights(ckpt)[1] == "bare state_dict":
-            raise UserError(f"{path}: holds network weights only, not a training state; --continue_train needs a "
-                            f"latest.pt written by train.py (to start from these weights: --pretrain_model_path "
-                            f"{path} and a new --name)")
-        missing = [k for k in TRAINING_STATE if not isinstance(ckpt, dict) or k not in ckpt]
-        if missing:
-            raise UserError(f"{path}: not a training state written by train.py (no {', '.join(missing)}); "
-                            f"resume from another checkpoint or start a new --name")
+    def resume(self, path, ckpt):
+        """Restore everything ``checkpoint()`` saved from ``ckpt`` (``read_training_state(path)``, a latest.pt of
+        this run); the schedule options typed on the command line replace the checkpoint's."""
         saved = ckpt.get("options", {})
         assign_weights(self.model, ckpt["model"], path, ckpt)
         if self.ema:
@@ -177,7 +239,12 @@ class TrainingState:
             else:  # the EMA starts over from the resumed raw weights
                 self.ema.load_state_dict(unwrap(self.model).state_dict())
                 log.warning(f"notice: {path} has no EMA weights; the EMA starts from the resumed weights")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        check_optimizer_state(ckpt["optimizer"], self.optimizer, self.model, path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path}: its optimizer state does not fit this network's parameters ({err}); resume "
+                            f"with the network options it was trained with") from None
         load_scheduler_state(self.scheduler, ckpt["scheduler"])
         if self.scaler.is_enabled() and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -191,6 +258,7 @@ class TrainingState:
         if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
             changed.append(f"{self.iters_per_epoch} iterations per epoch (was {ckpt.get('iters_per_epoch')})")
             self.batch_in_epoch = min(self.batch_in_epoch, self.iters_per_epoch - 1)
+        data_notice = dataset_change(ckpt.get("dataset"), self.dataset)
         rngs = ckpt["rng"]
         if len(rngs) != self.plan.world_size:
             changed.append(f"{self.plan.world_size} process(es) (was {len(rngs)})")
@@ -198,7 +266,7 @@ class TrainingState:
         if self.plan.is_main:
             log.info(f"resumed from {path}: iteration {self.iteration}, epoch {self.epoch + 1}, "
                      f"batch {self.batch_in_epoch} of {self.iters_per_epoch}, lr {self.current_lr():.3g}")
-            for line in overrides:
+            for line in overrides + ([data_notice] if data_notice else []):
                 log.warning(f"notice: {line}")
             if changed:
                 log.warning("notice: resuming with settings that differ from the checkpoint's (optimizer and "

@@ -2,7 +2,12 @@
 when the weights are sane, validation, logging, stop signals; single device, DataParallel or DDP (see
 utils.training.distributed). What a checkpoint holds and how a run resumes exactly from it is
 ``utils.training.state``.
+
+Start-up checks everything before training: the output folders, the run lock, the checkpoint to resume.
+A stop signal saves latest.pt once the training state exists (``utils.training.stop_signals``); so does
+a data error (an unreadable image) or a log that cannot be written, before the run stops.
 """
+import contextlib
 import logging
 import random
 import signal
@@ -29,7 +34,7 @@ from utils.errors import UserError
 from utils.evaluation.metrics import evaluate_pair
 from utils.host_memory import retain_freed_memory
 from utils.progress import format_duration, progress_bar
-from utils.training.data import batches, build_train_loader
+from utils.training.data import DataError, batches, build_train_loader
 from utils.training.distributed import (
     broadcast_object,
     destroy_process_group,
@@ -38,9 +43,16 @@ from utils.training.distributed import (
     wrap_model,
 )
 from utils.training.ema import ModelEMA
-from utils.training.logger import TrainLogger
-from utils.training.run_folder import prepare_run_folders
-from utils.training.state import TrainingState, checkpoint_to_resume
+from utils.training.logger import LogWriteError, TrainLogger
+from utils.training.run_folder import check_output_folders, prepare_run_folders
+from utils.training.run_lock import RunLock
+from utils.training.state import (
+    TrainingState,
+    checkpoint_to_resume,
+    dataset_summary,
+    keep_checkpoint_ema,
+    read_training_state,
+)
 from utils.training.stop_signals import StopSignals, ignore_stop_signals
 
 log = logging.getLogger("hybrimamba")
@@ -70,29 +82,35 @@ def weights_finite(model):
 
 
 class Trainer:
-    """One training run described by ``opt`` (a TrainOptions namespace); ``fit()`` runs it."""
+    """One training run described by ``opt`` (a TrainOptions namespace); ``fit()`` runs it.
 
-    def __init__(self, opt):
+    ``stop_signals``: the active ``StopSignals`` of train.py, installed before start-up began; without
+    it the Trainer installs its own until ``close()``."""
+
+    def __init__(self, opt, stop_signals=None):
         self.opt = opt
-        retain_freed_memory()  # each step reuses the last one's host memory instead of faulting it in again
-        self.plan = plan_devices(opt.gpus)
-        init_process_group(self.plan)
-        self.device = self.plan.device
-        self.exp_dir = Path(opt.checkpoints_dir) / opt.name
-        self.ckpt_dir = Path(opt.ckpt_dir) / opt.name
+        self.plan = self.logger = self.run_lock = self.loader = self.val_loader = None
+        self._signals = contextlib.ExitStack()
+        self.stop_signals = stop_signals or self._signals.enter_context(StopSignals())
         try:
-            folder_notices = self._prepare_folders()
-        except BaseException:
-            destroy_process_group(self.plan)
-            raise
-        self.logger = TrainLogger(self.exp_dir, enabled=self.plan.is_main)
-        for line in folder_notices:
-            log.warning(f"notice: {line}")
-        try:
-            self._setup()
+            self._start()
         except BaseException:
             self.close()
             raise
+
+    def _start(self):
+        retain_freed_memory()  # each step reuses the last one's host memory instead of faulting it in again
+        self.plan = plan_devices(self.opt.gpus)
+        self.stop_signals.announce = self.plan.is_main
+        init_process_group(self.plan)
+        self.device = self.plan.device
+        self.exp_dir = Path(self.opt.checkpoints_dir) / self.opt.name
+        self.ckpt_dir = Path(self.opt.ckpt_dir) / self.opt.name
+        folder_notices = self._prepare_folders()
+        self.logger = TrainLogger(self.exp_dir, enabled=self.plan.is_main)
+        for line in folder_notices:
+            log.warning(f"notice: {line}")
+        self._setup()
 
     @property
     def iteration(self):
@@ -100,16 +118,20 @@ class Trainer:
         return self.state.iteration
 
     def _prepare_folders(self):
-        """Rank 0 readies the run's folders before anything is written (``prepare_run_folders``); its
-        refusal is raised on every rank. Returns the notice lines."""
+        """Rank 0 checks that the output folders are writable, takes the run lock (``RunLock``) and readies the
+        run's folders before anything is written (``prepare_run_folders``); its refusal is raised on every
+        rank. Returns the notice lines."""
         outcome = None
         if self.plan.is_main:
             try:
+                check_output_folders(self.ckpt_dir, self.exp_dir, self.opt)
+                self.run_lock = RunLock(self.ckpt_dir)
                 # 'auto' resumes only a run that has a latest.pt; otherwise it starts one like a plain run.
                 resume = self.opt.continue_train is True or (
                     self.opt.continue_train == "auto" and (self.ckpt_dir / "latest.pt").is_file())
-                outcome = ("notices", prepare_run_folders(self.ckpt_dir, self.exp_dir, resume=resume,
-                                                          overwrite=self.opt.overwrite))
+                notices = [self.run_lock.notice] if self.run_lock.notice else []
+                outcome = ("notices", notices + prepare_run_folders(self.ckpt_dir, self.exp_dir, resume=resume,
+                                                                    overwrite=self.opt.overwrite))
             except UserError as err:
                 outcome = ("error", str(err))
         kind, value = broadcast_object(outcome, self.plan)
@@ -119,11 +141,14 @@ class Trainer:
 
     def _setup(self):
         opt, plan = self.opt, self.plan
+        # The checkpoint to resume is read and checked first: its options may set --ema.
+        resume_from = checkpoint_to_resume(opt, self.ckpt_dir, plan)
+        resumed = read_training_state(resume_from) if resume_from else None
+        kept = keep_checkpoint_ema(opt, resumed, resume_from) if resumed else []
+        options = TrainOptions()
         if plan.is_main:
-            options = TrainOptions()
             log.info(options.format(opt))
-            options.save(opt)
-            for line in plan.notices + options.notices(opt):
+            for line in plan.notices + options.notices(opt) + kept:
                 log.warning(f"notice: {line}")
             log.info(f"device: {plan.describe()}")
         if opt.amp == "fp16" and self.device.type != "cuda":
@@ -135,7 +160,6 @@ class Trainer:
         self.loader, self.sampler, self.iters_per_epoch = build_train_loader(
             dataset, opt.batch_size, opt.num_threads, opt.seed, rank=plan.rank, world_size=plan.world_size,
             pin_memory=self.device.type == "cuda")
-        self.val_loader = None
         if opt.val_dataroot and plan.is_main:
             val_set = CelebADataset(opt.val_dataroot, load_size=opt.load_size, scale_factor=opt.scale_factor,
                                     augment=False, skip_bad=opt.skip_bad_images)
@@ -146,7 +170,6 @@ class Trainer:
         seed_everything(opt.seed)
         net = HybriMamba(network_config(opt), scan_backend=opt.scan_backend)
         net.set_activation_checkpointing(opt.activation_checkpointing)
-        resume_from = checkpoint_to_resume(opt, self.ckpt_dir, plan)
         if opt.pretrain_model_path and not resume_from:
             what = load_weights(net, opt.pretrain_model_path, prefer_ema=True)
             if plan.is_main:
@@ -163,12 +186,22 @@ class Trainer:
             self.model.compile()
 
         self.state = TrainingState(opt, plan, self.model, self.optimizer, self.scheduler, self.scaler, self.ema,
-                                   self.iters_per_epoch)
+                                   self.iters_per_epoch, dataset_summary(dataset))
         self.stopped_by = None     # name of the signal that stopped the run early
         self.last_batch = None     # (LR, HR) on the device: the sanity check before a save reuses it
         if resume_from:
-            self.state.resume(resume_from)
-        self.logger.start_tensorboard(purge_step=self.state.iteration + 1 if resume_from else None)
+            self.state.resume(resume_from, resumed)
+            del resumed
+        # From here on a stop signal saves latest.pt.
+        self.stop_signals.record_only()
+        # The checks have passed: now the run writes its logs.
+        self.logger.start_writing(purge_step=self.state.iteration + 1 if resume_from else None)
+        if plan.is_main:
+            try:
+                options.save(opt)
+            except OSError as err:
+                raise UserError(f"{self.exp_dir}: cannot write the options file ({err.strerror or err}); free disk "
+                                f"space or choose another --checkpoints_dir") from None
         if plan.is_main:
             n_params = sum(p.numel() for p in net.parameters())
             log.info(f"{len(dataset)} training images, {self.iters_per_epoch} iterations per epoch "
@@ -253,17 +286,41 @@ class Trainer:
         return min(total, self.opt.max_iters) if self.opt.max_iters else total
 
     def fit(self):
-        """Train until --total_epochs (or --max_iters), or until a stop signal (``stopped_by``); returns self."""
+        """Train until --total_epochs (or --max_iters), or until a stop signal (``stopped_by``, also set by
+        one that came after the last iteration); returns self. A ``DataError`` or ``LogWriteError`` stops
+        the run with latest.pt saved first (single process), raised as a ``UserError`` that says so."""
         try:
-            with StopSignals(announce=self.plan.is_main) as self.stop_signals:
+            try:
                 self._fit()
+            except (DataError, LogWriteError) as err:
+                raise UserError(self._save_before_stopping(err)) from None
+            if self.stopped_by is None and self.stop_signals.received:
+                self.stopped_by = signal.Signals(self.stop_signals.received).name
         finally:
             self.close()
         return self
 
+    def _save_before_stopping(self, err):
+        """``err``'s message followed by where the run can resume, latest.pt saved first. Under DDP the
+        other processes cannot join the save (they wait in the step): only the message."""
+        if self.plan.distributed:
+            return str(err)
+        path = self.ckpt_dir / "latest.pt"
+        try:
+            if not self.state.saved_now():
+                self.save("latest")
+        except UserError as save_err:
+            return f"{err}; and latest.pt could not be saved: {save_err}"
+        how = ("--continue_train after removing or re-exporting the image, or with --skip_bad_images"
+               if isinstance(err, DataError) else "--continue_train once the logs can be written")
+        return f"{err}; {path} holds iteration {self.state.iteration}: resume it with {how}"
+
     def _fit(self):
         opt = self.opt
         total = self.total_iterations()
+        if self._stop_requested():  # a signal during start-up, once the training state existed
+            self._save_and_report_stop()
+            return
         if self.state.iteration >= total:
             log.info(f"nothing to do: iteration {self.state.iteration} already reaches the end ({total})")
             return
@@ -288,6 +345,7 @@ class Trainer:
                     self.logger.visuals(batch["LR"], sr, batch["HR"], self.state.iteration)
                 if opt.val_dataroot and self.state.iteration % opt.val_freq == 0:
                     self.validate_and_keep_best()
+                self.logger.check()
                 self._periodic_save()
                 if self.state.iteration >= total or self._stop_requested():
                     break
@@ -370,12 +428,19 @@ class Trainer:
         return psnr, ssim
 
     def close(self):
-        self.logger.close()
+        """End the run's logging, worker processes, lock, process group and (its own) signal handlers; also
+        after a failed start-up."""
+        if self.logger:
+            self.logger.close()
         # Dropping the loaders ends their persistent worker processes.
         self.loader = self.val_loader = None
-        destroy_process_group(self.plan)
+        if self.run_lock:
+            self.run_lock.release()
+        if self.plan:
+            destroy_process_group(self.plan)
+        self._signals.close()
 
 
-def train(opt):
-    """Run the training described by ``opt``; returns the finished Trainer."""
-    return Trainer(opt).fit()
+def train(opt, stop_signals=None):
+    """Run the training described by ``opt`` (``stop_signals``: see ``Trainer``); returns the finished Trainer."""
+    return Trainer(opt, stop_signals).fit()
