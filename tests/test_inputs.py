@@ -78,6 +78,11 @@ def test_exported_and_shipped_models_are_labelled_with_the_weights_they_hold(fac
     test_script.main(sr_argv(lr, export, root / "sr", "--load_size", 32, "--hr_dir", hr))
     record = json.loads((root / "sr" / "metrics.json").read_text())
     assert record["weights"].startswith(f"EMA weights from {export} (iteration 20)")
+    legacy = root / "legacy_export.pt"  # as the export tool wrote before provenance existed
+    exported = load_checkpoint(export)
+    save_checkpoint(legacy, {k: exported[k] for k in ("model", "options", "iteration", "weights")})
+    small = HybriMamba(**{k: exported["options"][k] for k in ("embed_dim", "depth", "n_layers")})
+    assert load_weights(small, legacy).startswith("EMA weights")
     state = load_model_file(SHIPPED)
     model = HybriMamba(**{k: state["options"][k] for k in ("embed_dim", "depth", "n_layers", "expand", "d_state",
                                                            "mlp_ratio")})
