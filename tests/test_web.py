@@ -255,15 +255,19 @@ def shown(driver, element_id, box=None):
     return np.array(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3]
 
 
-def wait_for_result(driver, name, seconds=120):
-    """The page's status once it reports the result (or an error) for the upload ``name``."""
+def wait_for_result(driver, name, seconds=600):
+    """The page's status once it reports the result (or an error) for the upload ``name`` (minutes on busy cores)."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, seconds).until(
-        lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error")
-        and name in d.find_element(By.ID, "status").text)
-    return driver.find_element(By.ID, "status")
+    status = driver.find_element(By.ID, "status")
+    try:
+        WebDriverWait(driver, seconds).until(
+            lambda d: status.get_attribute("data-state") in ("done", "error") and name in status.text)
+    except TimeoutException:
+        pytest.fail(f"no result for {name} in {seconds} s; the page says: {status.text}", pytrace=False)
+    return status
 
 
 def test_the_page_in_a_real_browser_shows_the_models_result(web_command, celeba_dir, shipped, group, tmp_path):
@@ -305,7 +309,7 @@ def test_the_page_in_a_real_browser_shows_the_models_result(web_command, celeba_
         # A photo with faces ("auto": it is wider than 256 pixels): enlarged x8, its faces restored.
         Image.fromarray(group.lr).save(tmp_path / "group.png")
         driver.find_element(By.ID, "file").send_keys(str(tmp_path / "group.png"))
-        status = wait_for_result(driver, "group.png", 600)  # about 2 minutes on two busy cores
+        status = wait_for_result(driver, "group.png")  # about 2 minutes on two busy cores
         assert status.get_attribute("data-state") == "done", status.text
         assert f"as a photo with faces: {len(PHOTO_FACES)} face(s) found" in status.text
         height, width = group.lr.shape[:2]
