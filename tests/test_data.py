@@ -245,7 +245,7 @@ def test_prepare_celeba_crops_and_test_lr(celeba_dir, tmp_path, capsys):
     prepare_celeba.main(["--src", str(src), "--out", str(tmp_path / "out"), "--exclude",
                          str(tmp_path / "exclude.txt"), "--make_test_lr", "--workers", "2"])
     out = tmp_path / "out"
-    assert sorted(p.name for p in (out / "HR").iterdir()) == [f"{i}.png" for i in ids[2:]]
+    assert sorted(p.name for p in (out / "HR").glob("*.png")) == [f"{i}.png" for i in ids[2:]]
     for stem in ids[2:]:
         hr = Image.open(out / "HR" / f"{stem}.png")
         assert hr.size == (128, 128)
@@ -266,7 +266,7 @@ def test_prepare_celeba_partition(celeba_dir, tmp_path):
     (tmp_path / "part.txt").write_text("".join(f"{i}.jpg {s}\n" for i, s in zip(ids, [0, 1, 2, 1])))
     prepare_celeba.main(["--src", str(src), "--out", str(tmp_path / "val"), "--partition",
                          str(tmp_path / "part.txt"), "--split", "val", "--workers", "1"])
-    assert sorted(p.stem for p in (tmp_path / "val" / "HR").iterdir()) == [ids[1], ids[3]]
+    assert sorted(p.stem for p in (tmp_path / "val" / "HR").glob("*.png")) == [ids[1], ids[3]]
     assert not (tmp_path / "val" / "LR").exists()
     with pytest.raises(UserError, match="needs --partition"):
         prepare_celeba.main(["--src", str(src), "--out", str(tmp_path / "x"), "--split", "val"])

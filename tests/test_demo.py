@@ -71,8 +71,8 @@ def test_heldout_faces_are_the_last_lfw_faces_and_never_trained_on(builtin):
 
 def test_astronaut_crops_come_from_the_portrait_around_her_face(builtin):
     crops = [load(p).astype(np.float64) for p in sorted(builtin.train_dir.glob("astronaut_*.png"))]
-    # a head-and-shoulders view of the portrait brought to 24x24, independently with PIL
-    portrait = Image.fromarray(skimage.data.astronaut())
+    # a head-and-shoulders view of the portrait brought to 24x24, independently with PIL (grey, as the crops)
+    portrait = Image.fromarray(skimage.data.astronaut()).convert("L").convert("RGB")
     reference = np.asarray(portrait.crop((140, 35, 310, 205)).resize((24, 24), Image.BICUBIC)).astype(np.float64)
     elsewhere = np.asarray(portrait.crop((330, 330, 500, 500)).resize((24, 24), Image.BICUBIC)).astype(np.float64)
 
@@ -82,6 +82,14 @@ def test_astronaut_crops_come_from_the_portrait_around_her_face(builtin):
     near = sum(distance(c, reference) < distance(c, elsewhere) for c in crops)
     assert near > 0.9 * len(crops)
     assert len({c.tobytes() for c in crops}) == len(crops)
+
+
+def test_builtin_faces_are_all_grey(builtin):
+    """The held-out LFW faces are grey; colour training crops made the network paint colour fringes on them."""
+    for folder in (builtin.train_dir, builtin.heldout_dir):
+        for path in folder.glob("*.png"):
+            img = load(path)
+            assert (img == img[..., :1]).all(), path.name
 
 
 def test_builtin_faces_at_a_smaller_size(tmp_path):

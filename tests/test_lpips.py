@@ -137,7 +137,7 @@ def test_offline_download_failure_points_to_backbone_weights(monkeypatch):
 
 def test_size_mismatch_names_the_pair(faces, ours):
     gt_dir, sr_dir = faces
-    name = sorted(p.name for p in sr_dir.iterdir())[0]
+    name = sorted(p.name for p in sr_dir.glob("*.png"))[0]
     write_rgb(sr_dir / name, np.zeros((64, 64, 3), np.uint8), "test image")
     with pytest.raises(UserError, match=rf"size mismatch.*{name}"):
         evaluate_folders(gt_dir, sr_dir, psnr_ssim=False, lpips_model=ours, progress=False)

@@ -4,7 +4,8 @@ Built in (no download: both images ship inside the scikit-image package itself):
 
 - ``skimage.data.lfw_subset()``: 100 face crops of 25x25 grey pixels, each from a different
   photograph of Labeled Faces in the Wild (plus 100 non-face patches, which are not used).
-- ``skimage.data.astronaut()``: a 512x512 RGB portrait of Eileen Collins.
+- ``skimage.data.astronaut()``: a 512x512 RGB portrait of Eileen Collins (its training crops are made
+  grey like the LFW faces, so that the network learns that a grey face stays grey).
 
 How the held-out faces are kept apart: the last ``HELDOUT_FACES`` LFW faces are the held-out
 set and nothing is ever cut from them for training. Training uses the other LFW faces (every
@@ -78,6 +79,11 @@ def to_uint8(img):
     if img.dtype != np.uint8:
         img = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
     return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+
+
+def grey(img):
+    """RGB uint8 -> its PIL luma (ITU-R 601-2) in all three channels."""
+    return to_uint8(np.asarray(Image.fromarray(img).convert("L")))
 
 
 def lfw_faces():
@@ -172,8 +178,8 @@ def astronaut_group_photo(scale=8):
 def build_builtin_faces(out_dir, size=24, seed=0, progress=True):
     """Write the built-in set (module docstring) to ``out_dir/train`` and ``out_dir/heldout``.
 
-    Train: (100 - HELDOUT_FACES) LFW faces x 8 crops + ASTRONAUT_CROPS astronaut crops; held
-    out: HELDOUT_FACES faces; every image RGB uint8 (size, size, 3) PNG.
+    Train: (100 - HELDOUT_FACES) LFW faces x 8 crops + ASTRONAUT_CROPS astronaut crops (made grey);
+    held out: HELDOUT_FACES faces; every image grey, as RGB uint8 (size, size, 3) PNG.
     """
     check_builtin_size(size)
     out_dir = Path(out_dir)
@@ -186,12 +192,14 @@ def build_builtin_faces(out_dir, size=24, seed=0, progress=True):
         for suffix, crop in lfw_crops(faces[index], size):
             write_rgb(train_dir / f"lfw{index:03d}_{suffix}.png", crop, PURPOSE)
             train += 1
+    # Grey like the LFW faces: colour crops taught the network colour edges, which it then put on the
+    # grey held-out faces as cyan/magenta fringes.
     for number, crop in enumerate(astronaut_crops(ASTRONAUT_CROPS, size, rng)):
-        write_rgb(train_dir / f"astronaut_{number:03d}.png", crop, PURPOSE)
+        write_rgb(train_dir / f"astronaut_{number:03d}.png", grey(crop), PURPOSE)
         train += 1
     for index in range(first_heldout, LFW_FACES):
         write_rgb(heldout_dir / f"lfw{index:03d}.png", heldout_crop(faces[index], size), PURPOSE)
-    description = (f"{train} training crops ({first_heldout} LFW faces x 8 crops, {ASTRONAUT_CROPS} crops of "
+    description = (f"{train} training crops ({first_heldout} LFW faces x 8 crops, {ASTRONAUT_CROPS} grey crops of "
                    f"scikit-image's astronaut) and {HELDOUT_FACES} held-out LFW faces (photographs never used "
                    f"for training), all {size}x{size}")
     return FaceSet(train_dir, heldout_dir, train, HELDOUT_FACES, description)
