@@ -13,7 +13,8 @@ each of its subpackages, the engines. From the bottom up:
 3. The engines ``utils.evaluation`` (test.py's inference, metrics, tables) on layers 1-2, and
    ``utils.training``, ``utils.demo`` and any later one on layers 1-2 and ``utils.evaluation``
    (training validates with its metrics); ``utils.demo``, which shows the others' work, also on
-   ``utils.photo`` (its group photo with known faces, to score enhance.py). ``utils/__init__.py``
+   ``utils.photo`` (its group photo with known faces, to score enhance.py), and ``utils.web`` (the
+   web page) on ``utils.photo`` too (its photo mode runs enhance.py's pipeline). ``utils/__init__.py``
    imports none of them.
 4. The scripts (train.py, test.py, ...) on top: they may import anything and nothing imports them.
 
@@ -39,6 +40,7 @@ ALLOWED = {
     "utils.evaluation": BELOW_ENGINES,
     **{engine: BELOW_ENGINES | {"utils.evaluation"} for engine in ENGINES if engine != "utils.evaluation"},
     "utils.demo": BELOW_ENGINES | {"utils.evaluation", "utils.photo"},
+    "utils.web": BELOW_ENGINES | {"utils.evaluation", "utils.photo"},
 }
 TORCH_FREE = """
 import importlib, sys

@@ -2,9 +2,14 @@
 
     GET  /             the page (page.html)
     GET  /api/info     the model: its name, configuration, task and provenance
-    POST /api/enhance  body: an image file's bytes; query: treat_as=auto|lr|hr and name=FILE
+    POST /api/enhance  body: an image file's bytes; query: treat_as=auto|lr|hr|photo and name=FILE
                        -> {"lr", "bicubic", "sr", "hr"} as PNG data URLs (hr null for an LR face),
-                          treated_as, input_size, lr_size, size, seconds
+                          treated_as, input_size, lr_size, size, seconds, and for a photo (treated_as
+                          "photo": lr is the photo, bicubic and sr are it enlarged, hr null) its faces
+                          (utils/web/photos.py)
+
+"auto" takes an image up to 32x32 as an LR face, one up to 256 pixels a side as a sharp face, and a
+larger one as a photo with faces.
 
 A failure is {"error": one line} with status 400 (a bad upload), 413 (too large) or 500.
 """
@@ -24,10 +29,12 @@ from PIL import Image
 from utils.errors import UserError, user_message
 from utils.image_io import decode_rgb
 from utils.web.faces import TREAT_AS, restore_face
+from utils.web.photos import PhotoEnhancer, is_photo
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_UPLOAD_BYTES = 32 * 2**20
-MAX_PIXELS = 50_000_000  # decoding is refused above this: a face photo needs far less memory
+MAX_PIXELS = 50_000_000  # a face is refused above this: a face photo needs far less memory
+MODES = (*TREAT_AS, "photo")
 log = logging.getLogger("hybrimamba")
 
 
@@ -39,10 +46,11 @@ def png_data_url(img):
 
 
 class FaceApp:
-    """The model behind the page and its work; one face at a time, as the model uses every CPU thread."""
+    """The model behind the page and its work; one image at a time, as the model uses every CPU thread."""
 
     def __init__(self, model, name):
         self.model, self.name = model, name
+        self.photos = PhotoEnhancer(model)
         self.lock = threading.Lock()
 
     def info(self):
@@ -51,9 +59,11 @@ class FaceApp:
 
     def enhance(self, data, treat_as="auto", name="upload"):
         """The API's answer for the image file bytes ``data``; a bad upload raises ``UserError``."""
-        if treat_as not in TREAT_AS:
-            raise UserError(f"treat_as={treat_as!r}: use one of {', '.join(TREAT_AS)}")
+        if treat_as not in MODES:
+            raise UserError(f"treat_as={treat_as!r}: use one of {', '.join(MODES)}")
         img = decode_rgb(data, name)
+        if treat_as == "photo" or (treat_as == "auto" and is_photo(img.shape[1], img.shape[0])):
+            return self.enhance_photo(img, name)
         if img.shape[0] * img.shape[1] > MAX_PIXELS:
             raise UserError(f"{name}: {img.shape[1]}x{img.shape[0]} pixels; crop the face first (at most "
                             f"{MAX_PIXELS // 10**6} megapixels)")
@@ -65,6 +75,16 @@ class FaceApp:
                       lr_size=[out["lr"].shape[1], out["lr"].shape[0]], size=[out["sr"].shape[1], out["sr"].shape[0]],
                       seconds=round(time.perf_counter() - start, 3))
         return answer
+
+    def enhance_photo(self, photo, name):
+        """The API's answer for a photo with faces: the photo, it enlarged by bicubic and enhanced, its faces."""
+        start = time.perf_counter()
+        with self.lock:
+            bicubic, enhanced, faces = self.photos.enhance(photo, name)
+        size = [photo.shape[1], photo.shape[0]]
+        return {"lr": png_data_url(photo), "bicubic": png_data_url(bicubic), "sr": png_data_url(enhanced), "hr": None,
+                "treated_as": "photo", "faces": faces, "input_size": size, "lr_size": size,
+                "size": [enhanced.shape[1], enhanced.shape[0]], "seconds": round(time.perf_counter() - start, 3)}
 
 
 class Handler(BaseHTTPRequestHandler):
