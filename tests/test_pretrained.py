@@ -23,7 +23,7 @@ NETWORK_KEYS = ("embed_dim", "depth", "n_layers", "expand", "d_state", "mlp_rati
 # sha256 of the PNG that test.py writes for the astronaut's face with the shipped model and the `torch`
 # scan. Regenerate it only on purpose (a new shipped model, or a deliberate change of the network's
 # arithmetic): `python -m tests.test_pretrained` prints the current value.
-ASTRONAUT_SR_SHA256 = "bab397a442707c1a21e5c4fa4820d932ec3b9202c9a4b4e2c651c234204a06d7"
+ASTRONAUT_SR_SHA256 = "4f042846c44c5d82b2a5a2401b4974050bbe733f1851454d2e6d96a0db8e685f"
 CELEBA_BOX = (19, 63, 156, 200)
 FACES = 12
 
@@ -46,7 +46,7 @@ def test_shipped_model_is_small_and_carries_its_network():
     assert model.config.to_dict() == {"in_chans": 3, "embed_dim": 16, "depth": 1, "n_layers": 1, "expand": 1.0,
                                       "d_state": 4, "mlp_ratio": 2.0}
     assert model.task == {"scale_factor": 8, "load_size": 128}
-    assert model.provenance["iterations"] == 1800 and model.provenance["weights"] == "EMA"
+    assert model.provenance["iterations"] == 3127 and model.provenance["weights"] == "EMA"
     assert model.provenance["training_command"].startswith("python train.py ")
     assert model.provenance["scores"]["count"] == 780
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
@@ -74,7 +74,7 @@ def test_shipped_model_beats_bicubic_on_real_celeba_faces(celeba_dir, tmp_path):
     sr = {stem: np.asarray(Image.open(tmp_path / "sr" / f"{stem}.png").convert("RGB")) for stem in hrs}
     model = np.mean([psnr_y(hrs[s], sr[s]) for s in hrs])
     bicubic = np.mean([psnr_y(hrs[s], bicubics[s]) for s in hrs])
-    assert model > bicubic + 0.5, (model, bicubic)
+    assert model > bicubic + 1.5, (model, bicubic)  # +2.04 dB on all 780 validation faces
 
 
 def test_export_keeps_one_set_of_weights_and_the_network_options_only(tmp_path):

@@ -116,7 +116,7 @@ def test_api_super_resolves_an_uploaded_face_with_the_model(server, shipped):
     assert answer["treated_as"] == "lr" and answer["hr"] is None and from_data_url(answer["sr"]).shape == (128, 128, 3)
     with urllib.request.urlopen(f"{server}/api/info", timeout=30) as response:
         info = json.load(response)
-    assert info["model"] == SHIPPED_MODEL.name and info["task"] == TASK and info["provenance"]["iterations"] == 1800
+    assert info["model"] == SHIPPED_MODEL.name and info["task"] == TASK and info["provenance"]["iterations"] == 3127
     with urllib.request.urlopen(f"{server}/", timeout=30) as response:
         page = response.read().decode()
     assert '<input type="file" id="file"' in page and "http" not in page.replace("http://", "")  # nothing remote
