@@ -35,6 +35,18 @@ DIRECTIONS = tl.constexpr(4)
 
 
 @triton.jit
+def _image_parameters(a_ptr, d_ptr, bias_ptr, channel, n, d_mask, dn_mask, proj, dt_rank, n_state, length):
+    """A block's A (BLOCK_D, N_BLOCK), D and dt bias (BLOCK_D,) in float32, and the offsets of its B and C
+    projection rows (N_BLOCK,), shared by the forward and the backward kernel."""
+    a = tl.load(a_ptr + channel[:, None] * n_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    skip = tl.load(d_ptr + channel, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + channel, mask=d_mask, other=0.0).to(tl.float32)
+    b_rows = proj + (dt_rank + n) * length
+    c_rows = b_rows + n_state * length
+    return a, skip, bias, b_rows, c_rows
+
+
+@triton.jit
 def _direction_pixels(t, direction, height, width):
     """Row-major pixels p = h*W + w visited at steps t by ``direction`` (0: row-major, 1: column-major,
     t -> h = t % H, w = t // H; 2 and 3: those reversed); 0 at steps past the end."""
@@ -90,11 +102,8 @@ def image_scan_forward_kernel(x_ptr, xdbl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, ys
     dn_mask = d_mask[:, None] & n_mask[None, :]
     steps = tl.arange(0, CHUNK)
 
-    a = tl.load(a_ptr + channel[:, None] * n_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    skip = tl.load(d_ptr + channel, mask=d_mask, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + channel, mask=d_mask, other=0.0).to(tl.float32)
-    b_rows = proj + (dt_rank + n) * length
-    c_rows = b_rows + n_state * length
+    a, skip, bias, b_rows, c_rows = _image_parameters(a_ptr, d_ptr, bias_ptr, channel, n, d_mask, dn_mask, proj,
+                                                      dt_rank, n_state, length)
     state_at = rows[:, None] * n_chunks * n_state + n[None, :]
     h = tl.zeros((BLOCK_D, N_BLOCK), tl.float32)
     for chunk in range(n_chunks):
@@ -136,11 +145,8 @@ def image_scan_backward_kernel(x_ptr, xdbl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, s
     reversed_steps = CHUNK - 1 - steps
     ranks = tl.arange(0, R_BLOCK)
 
-    a = tl.load(a_ptr + channel[:, None] * n_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    skip = tl.load(d_ptr + channel, mask=d_mask, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + channel, mask=d_mask, other=0.0).to(tl.float32)
-    b_rows = proj + (dt_rank + n) * length
-    c_rows = b_rows + n_state * length
+    a, skip, bias, b_rows, c_rows = _image_parameters(a_ptr, d_ptr, bias_ptr, channel, n, d_mask, dn_mask, proj,
+                                                      dt_rank, n_state, length)
     part = (tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * (dt_rank + 2 * n_state) * length
     part_b_rows = part + (dt_rank + n) * length
     part_c_rows = part_b_rows + n_state * length
