@@ -57,6 +57,20 @@ def _direction_pixels(t, direction, height, width):
 
 
 @triton.jit
+def _chunk_inputs(x_ptr, x_rows, d_mask, n_mask, chunk, steps, direction, height, width, length,
+                  CHUNK: tl.constexpr):
+    """Chunk ``chunk`` of a direction: its steps t, which are in range, the pixels they visit, the
+    (channel, step) and (state, step) masks, and x at those pixels in float32 (BLOCK_D, CHUNK)."""
+    t = chunk * CHUNK + steps
+    valid = t < length
+    pixels = _direction_pixels(t, direction, height, width)
+    mask = d_mask[:, None] & valid[None, :]
+    bc_mask = n_mask[:, None] & valid[None, :]
+    u = tl.load(x_ptr + x_rows[:, None] * length + pixels[None, :], mask=mask, other=0.0).to(tl.float32)
+    return t, valid, pixels, mask, bc_mask, u
+
+
+@triton.jit
 def _image_block(channels, n_state, dt_rank, length, N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
     """This program's (batch, direction, channel block): direction, channels and their mask, the
     channels' rows of the K*Dn parameters, states and their mask, the channels' rows of x (and of
@@ -107,12 +121,8 @@ def image_scan_forward_kernel(x_ptr, xdbl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, ys
     state_at = rows[:, None] * n_chunks * n_state + n[None, :]
     h = tl.zeros((BLOCK_D, N_BLOCK), tl.float32)
     for chunk in range(n_chunks):
-        t = chunk * CHUNK + steps
-        valid = t < length
-        pixels = _direction_pixels(t, direction, height, width)
-        mask = d_mask[:, None] & valid[None, :]
-        bc_mask = n_mask[:, None] & valid[None, :]
-        u = tl.load(x_ptr + x_rows[:, None] * length + pixels[None, :], mask=mask, other=0.0).to(tl.float32)
+        t, valid, pixels, mask, bc_mask, u = _chunk_inputs(x_ptr, x_rows, d_mask, n_mask, chunk, steps, direction,
+                                                           height, width, length, CHUNK)
         dt, _ = _projected_step_sizes(xdbl_ptr, proj, w_ptr, channel, d_mask, bias, pixels, valid, dt_rank, length,
                                       BLOCK_D, CHUNK)
         b = tl.load(xdbl_ptr + b_rows[:, None] + pixels[None, :], mask=bc_mask, other=0.0).to(tl.float32)
@@ -159,12 +169,8 @@ def image_scan_backward_kernel(x_ptr, xdbl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, s
     grad_bias = tl.zeros((BLOCK_D,), tl.float32)
     for back in range(n_chunks):
         chunk = n_chunks - 1 - back
-        t = chunk * CHUNK + steps
-        valid = t < length
-        pixels = _direction_pixels(t, direction, height, width)
-        mask = d_mask[:, None] & valid[None, :]
-        bc_mask = n_mask[:, None] & valid[None, :]
-        u = tl.load(x_ptr + x_rows[:, None] * length + pixels[None, :], mask=mask, other=0.0).to(tl.float32)
+        t, valid, pixels, mask, bc_mask, u = _chunk_inputs(x_ptr, x_rows, d_mask, n_mask, chunk, steps, direction,
+                                                           height, width, length, CHUNK)
         gy = tl.load(gy_merged_ptr + x_rows[:, None] * length + pixels[None, :], mask=mask, other=0.0).to(tl.float32)
         dt, slope = _projected_step_sizes(xdbl_ptr, proj, w_ptr, channel, d_mask, bias, pixels, valid, dt_rank,
                                           length, BLOCK_D, CHUNK)
